@@ -1,0 +1,1 @@
+//! HTTP filters, run per request by the HTTP connection manager.

@@ -1,0 +1,18 @@
+//! `envoy.filters.network.ext_proc` (placeholder until implemented).
+
+use crate::config::{ConfigError, RawAny};
+use std::sync::Arc;
+
+/// Extension name.
+pub const NAME: &str = "envoy.filters.network.ext_proc";
+/// `@type` of the typed config.
+pub const TYPE: &str = "envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor";
+
+/// The built filter, shared by all connections of a listener.
+#[derive(Debug)]
+pub struct Filter {}
+
+/// Builds the filter from its typed config.
+pub fn build(_any: &RawAny, path: &str, _ctx: &super::BuildContext<'_>) -> Result<Arc<Filter>, ConfigError> {
+    Err(ConfigError::new(path, format!("{NAME} is not implemented yet")))
+}

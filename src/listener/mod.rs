@@ -1,0 +1,178 @@
+//! Listeners: bind, accept, and hand each connection to the listener's filter chain.
+//!
+//! Binding happens in [`Listener::bind`], before the server runs, so callers (and tests) know
+//! every bound address up front; [`Listener::serve`] then accepts until shutdown and tracks each
+//! connection task so the server can drain them.
+
+use crate::cluster::DEFAULT_BUFFER_LIMIT;
+use crate::config::core::ResolvedAddress;
+use crate::config::{self as cfg, ConfigError};
+use crate::filter::network::{BuildContext, FilterChain};
+use crate::stats::{Counter, Gauge, GaugeGuard, Store};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Connection ids are process-wide and start at 1, like Envoy's.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new process-wide connection id (downstream and upstream connections share the sequence).
+pub fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One accepted downstream connection, as handed to a filter chain.
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Process-wide connection id (`connection.id`).
+    pub id: u64,
+    /// The client's address (`source.address`).
+    pub peer: SocketAddr,
+    /// The address the client connected to (`destination.address`).
+    pub local: SocketAddr,
+    /// `per_connection_buffer_limit_bytes` of the listener.
+    pub buffer_limit: usize,
+    /// Cancelled when the server shuts down: filters should finish or close gracefully.
+    pub shutdown: CancellationToken,
+}
+
+/// `listener.<address>.` stats.
+#[derive(Debug, Clone)]
+struct ListenerStats {
+    downstream_cx_total: Counter,
+    downstream_cx_destroy: Counter,
+    downstream_cx_active: Gauge,
+}
+
+/// A bound listener with its filter chain.
+#[derive(Debug)]
+pub struct Listener {
+    /// Configured name.
+    pub name: String,
+    socket: TcpListener,
+    local_addr: SocketAddr,
+    chain: Arc<FilterChain>,
+    buffer_limit: usize,
+    stats: ListenerStats,
+}
+
+impl Listener {
+    /// Builds the filter chain and checks the address without binding (`--mode validate`).
+    pub fn validate(
+        l: &cfg::Listener,
+        path: &str,
+        clusters: &Arc<crate::cluster::ClusterManager>,
+        store: &Store,
+    ) -> Result<(), ConfigError> {
+        let buffer_limit = l.per_connection_buffer_limit_bytes.map(|b| b as usize).unwrap_or(DEFAULT_BUFFER_LIMIT);
+        let ctx = BuildContext { clusters, stats: store, buffer_limit, listener_name: &l.name };
+        let Some(chain_cfg) = l.filter_chains.first() else {
+            return Err(ConfigError::new(format!("{path}.filter_chains"), "no filter chains specified"));
+        };
+        FilterChain::build(chain_cfg, &format!("{path}.filter_chains[0]"), &ctx)?;
+        if let ResolvedAddress::Tcp { host, .. } = l.address.resolve(&format!("{path}.address"))? {
+            host.parse::<std::net::IpAddr>().map_err(|_| {
+                ConfigError::new(format!("{path}.address.socket_address.address"), format!("malformed IP address: {host}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Builds the filter chain and binds the socket.
+    pub async fn bind(
+        l: &cfg::Listener,
+        path: &str,
+        clusters: &Arc<crate::cluster::ClusterManager>,
+        store: &Store,
+    ) -> Result<Self, crate::server::Error> {
+        let cfg::Listener { name, address, filter_chains, per_connection_buffer_limit_bytes, stat_prefix } = l;
+        let buffer_limit = per_connection_buffer_limit_bytes.map(|b| b as usize).unwrap_or(DEFAULT_BUFFER_LIMIT);
+        let ctx = BuildContext { clusters, stats: store, buffer_limit, listener_name: name };
+        let Some(chain_cfg) = filter_chains.first() else {
+            return Err(ConfigError::new(format!("{path}.filter_chains"), "no filter chains specified").into());
+        };
+        let chain = FilterChain::build(chain_cfg, &format!("{path}.filter_chains[0]"), &ctx)?;
+        let addr = address.resolve(&format!("{path}.address"))?;
+        let ResolvedAddress::Tcp { host, port } = &addr else {
+            return Err(ConfigError::new(format!("{path}.address.pipe"), "Unix socket listeners are not supported").into());
+        };
+        let ip: std::net::IpAddr = host.parse().map_err(|_| {
+            ConfigError::new(format!("{path}.address.socket_address.address"), format!("malformed IP address: {host}"))
+        })?;
+        let socket = bind_tcp(SocketAddr::new(ip, *port))
+            .map_err(|e| crate::server::Error::Bind { listener: name.clone(), addr: addr.to_string(), source: e })?;
+        let local_addr = socket.local_addr().map_err(|e| crate::server::Error::Bind {
+            listener: name.clone(),
+            addr: addr.to_string(),
+            source: e,
+        })?;
+        let scope = if stat_prefix.is_empty() {
+            format!("listener.{}", local_addr.to_string().replace(':', "_").replace(['[', ']'], ""))
+        } else {
+            format!("listener.{stat_prefix}")
+        };
+        let stats = ListenerStats {
+            downstream_cx_total: store.counter(&format!("{scope}.downstream_cx_total")),
+            downstream_cx_destroy: store.counter(&format!("{scope}.downstream_cx_destroy")),
+            downstream_cx_active: store.gauge(&format!("{scope}.downstream_cx_active")),
+        };
+        Ok(Listener { name: name.clone(), socket, local_addr, chain: Arc::new(chain), buffer_limit, stats })
+    }
+
+    /// The bound address (the real port when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Accepts connections until `shutdown`, spawning one task per connection on `tracker`.
+    pub async fn serve(self, shutdown: CancellationToken, tracker: TaskTracker) {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.socket.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(self.local_addr);
+            let conn = Connection {
+                stream,
+                id: next_connection_id(),
+                peer,
+                local,
+                buffer_limit: self.buffer_limit,
+                shutdown: shutdown.clone(),
+            };
+            let chain = self.chain.clone();
+            let stats = self.stats.clone();
+            stats.downstream_cx_total.inc();
+            tracker.spawn(async move {
+                let _active = GaugeGuard::new(&stats.downstream_cx_active);
+                chain.handle(conn).await;
+                stats.downstream_cx_destroy.inc();
+            });
+        }
+    }
+}
+
+/// Binds with SO_REUSEADDR and Envoy's default backlog.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
