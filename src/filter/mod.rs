@@ -5,5 +5,6 @@
 //! - [`http`]: `envoy.filters.http.ext_proc`, `envoy.filters.http.router`, run by the HTTP
 //!   connection manager.
 
+pub mod common;
 pub mod http;
 pub mod network;

@@ -1,0 +1,3 @@
+//! Pieces shared by the HTTP and network ext_proc filters.
+
+pub mod side_stream;
