@@ -1,6 +1,18 @@
-//! `envoy.filters.network.tcp_proxy` (placeholder until implemented).
+//! `envoy.filters.network.tcp_proxy`: connects each downstream connection to the cluster and
+//! copies bytes both ways, through the network ext_proc filters in front of it.
+//!
+//! - this file: config, stats, connecting ([`serve`]);
+//! - [`chain`]: the ext_proc filters of one connection (state machines + side streams);
+//! - [`session`]: the per-connection task: one `select!` over both sockets, the side streams
+//!   and the timers, with half-close, backpressure, idle timeout, and the close rules.
 
-use crate::config::{ConfigError, RawAny};
+pub mod chain;
+pub mod session;
+
+use crate::cluster::Cluster;
+use crate::config::{ConfigError, Duration, RawAny};
+use crate::stats::{Counter, Gauge, Store};
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// Extension name.
@@ -8,20 +20,160 @@ pub const NAME: &str = "envoy.filters.network.tcp_proxy";
 /// `@type` of the typed config.
 pub const TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
+/// Envoy's default `idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The supported subset of `TcpProxy`; any other field is an error naming its path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpProxyConfig {
+    #[serde(default)]
+    stat_prefix: String,
+    cluster: Option<String>,
+    idle_timeout: Option<Duration>,
+    max_connect_attempts: Option<u32>,
+    /// Only an empty list is accepted (access logs are not implemented).
+    #[serde(default)]
+    access_log: Vec<serde_json::Value>,
+}
+
+macro_rules! tcp_stats {
+    (counters { $($c:ident),+ $(,)? } gauges { $($g:ident),+ $(,)? }) => {
+        /// `tcp.<stat_prefix>.*`, named as Envoy names them.
+        #[derive(Debug, Clone)]
+        #[allow(missing_docs)]
+        pub struct TcpStats { $(pub $c: Counter,)+ $(pub $g: Gauge,)+ }
+        impl TcpStats {
+            fn new(store: &Store, prefix: &str) -> Self {
+                TcpStats {
+                    $($c: store.counter(&format!("tcp.{prefix}.{}", stringify!($c))),)+
+                    $($g: store.gauge(&format!("tcp.{prefix}.{}", stringify!($g))),)+
+                }
+            }
+        }
+    };
+}
+
+tcp_stats!(
+    counters {
+        downstream_cx_total,
+        downstream_cx_no_route,
+        downstream_cx_rx_bytes_total,
+        downstream_cx_tx_bytes_total,
+        downstream_flow_control_paused_reading_total,
+        downstream_flow_control_resumed_reading_total,
+        downstream_cx_drain_close,
+        downstream_cx_overload_close,
+        early_data_received_count_total,
+        idle_timeout,
+        max_downstream_connection_duration,
+        route_delayed_total,
+        upstream_flush_total,
+    }
+    gauges {
+        downstream_cx_rx_bytes_buffered,
+        downstream_cx_tx_bytes_buffered,
+        upstream_flush_active,
+    }
+);
+
+/// Cluster counters tcp_proxy bumps that the core's `ClusterStats` does not have.
+#[derive(Debug, Clone)]
+pub struct UpstreamStats {
+    /// `upstream_cx_connect_attempts_exceeded`.
+    pub connect_attempts_exceeded: Counter,
+    /// `upstream_flow_control_paused_reading_total`.
+    pub paused_reading: Counter,
+    /// `upstream_flow_control_resumed_reading_total`.
+    pub resumed_reading: Counter,
+}
+
 /// The built filter, shared by all connections of a listener.
 #[derive(Debug)]
-pub struct Filter {}
+pub struct Filter {
+    /// `tcp.<stat_prefix>.*`.
+    pub stats: TcpStats,
+    /// The target cluster; `None` if the config names an unknown cluster (Envoy accepts that
+    /// and counts `downstream_cx_no_route` per connection).
+    cluster: Option<(Arc<Cluster>, UpstreamStats)>,
+    /// `None` when disabled (`0s`).
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Connect attempts before giving up.
+    pub max_connect_attempts: u32,
+    /// xDS node id, for `xds.node.id` (not plumbed from the bootstrap yet).
+    node_id: String,
+}
 
 /// Builds the filter from its typed config.
-pub fn build(_any: &RawAny, path: &str, _ctx: &super::BuildContext<'_>) -> Result<Arc<Filter>, ConfigError> {
-    Err(ConfigError::new(path, format!("{NAME} is not implemented yet")))
+pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<Arc<Filter>, ConfigError> {
+    let cfg: TcpProxyConfig = crate::config::decode_any(any, path)?;
+    let TcpProxyConfig { stat_prefix, cluster, idle_timeout, max_connect_attempts, access_log } = cfg;
+    let violation = |field: &str, what: &str| {
+        ConfigError::new(format!("{path}.{field}"), format!("Proto constraint validation failed (TcpProxyValidationError.{what})"))
+    };
+    if stat_prefix.is_empty() {
+        return Err(violation("stat_prefix", "StatPrefix: value length must be at least 1 characters"));
+    }
+    let Some(cluster) = cluster else {
+        return Err(violation("cluster", "ClusterSpecifier: value is required"));
+    };
+    let max_connect_attempts = max_connect_attempts.unwrap_or(1);
+    if max_connect_attempts < 1 {
+        return Err(violation("max_connect_attempts", "MaxConnectAttempts: value must be greater than or equal to 1"));
+    }
+    if !access_log.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.access_log"),
+            "access logs on tcp_proxy are not supported by extproxy yet",
+        ));
+    }
+    let idle_timeout = idle_timeout.map_or(Some(DEFAULT_IDLE_TIMEOUT), |d| (!d.get().is_zero()).then_some(d.get()));
+    let cluster = ctx.clusters.get(&cluster).map(|c| {
+        let s = |n: &str| ctx.stats.counter(&format!("cluster.{}.{n}", c.name));
+        let up = UpstreamStats {
+            connect_attempts_exceeded: s("upstream_cx_connect_attempts_exceeded"),
+            paused_reading: s("upstream_flow_control_paused_reading_total"),
+            resumed_reading: s("upstream_flow_control_resumed_reading_total"),
+        };
+        (c, up)
+    });
+    Ok(Arc::new(Filter {
+        stats: TcpStats::new(ctx.stats, &stat_prefix),
+        cluster,
+        idle_timeout,
+        max_connect_attempts,
+        node_id: String::new(),
+    }))
 }
 
 /// Proxies one downstream connection to the cluster, through the network ext_proc filters
 /// that precede tcp_proxy in the chain (in config order).
 pub async fn serve(
-    _conn: crate::listener::Connection,
-    _ext_proc: &[Arc<super::ext_proc::Filter>],
-    _filter: &Arc<Filter>,
+    conn: crate::listener::Connection,
+    ext_proc: &[Arc<super::ext_proc::Filter>],
+    filter: &Arc<Filter>,
 ) {
+    filter.stats.downstream_cx_total.inc();
+    let Some((cluster, up_stats)) = &filter.cluster else {
+        filter.stats.downstream_cx_no_route.inc();
+        tracing::debug!(conn = conn.id, "tcp_proxy: cluster not found; closing");
+        return;
+    };
+    // Downstream bytes stay unread until the upstream is connected (Envoy's IMMEDIATE mode), so
+    // a failed connect closes a socket with unread data: the client sees RST, as with Envoy.
+    let mut attempts = 0;
+    let upstream = loop {
+        attempts += 1;
+        match cluster.connect().await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::debug!(conn = conn.id, attempt = attempts, error = %e, "tcp_proxy: upstream connect failed");
+                if attempts >= filter.max_connect_attempts {
+                    up_stats.connect_attempts_exceeded.inc();
+                    return;
+                }
+            }
+        }
+    };
+    session::run(conn, upstream, ext_proc, filter, cluster, up_stats).await;
 }

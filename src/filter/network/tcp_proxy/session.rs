@@ -1,0 +1,385 @@
+//! One proxied connection: a single task `select!`s over downstream and upstream readiness, the
+//! ext_proc side streams and one timer, and moves `Bytes` between them.
+//!
+//! Rules, as in Envoy's tcp_proxy unless noted:
+//! - Half-close: a FIN read on one side is forwarded (through the filters) as `shutdown(SHUT_WR)`
+//!   on the other. The connection ends when both sides have sent FIN, nothing is left to write
+//!   and no processor holds unanswered bytes (extproxy waits for those, bounded by the message
+//!   timeout; Envoy 1.40 closes at once and loses them, quirk N4), or on error.
+//! - A reset (read/write error) on one side resets the other (SO_LINGER 0).
+//! - Backpressure: a side is read only while the bytes buffered for the other side (in the
+//!   outgoing queue plus held by processors) are under the buffer limit, and each read takes at
+//!   most the remaining room, so memory per direction stays under the limit (Envoy: watermarks
+//!   on the write buffer; ext_proc bypasses them, quirk N2).
+//! - Idle timeout: no bytes read or written on either socket for `idle_timeout` closes both.
+//! - A filter's close: CLOSE flushes what is queued for both sides, then FIN; CLOSE_RST resets the
+//!   downstream and closes the upstream.
+
+use super::chain::{Chain, Effects};
+use super::{Filter, UpstreamStats};
+use crate::cluster::Cluster;
+use crate::filter::common::attributes::ConnectionInfo;
+use crate::filter::network::ext_proc::state::{Chunk, CloseKind, Direction};
+use crate::listener::Connection;
+use crate::stats::{Counter, GaugeGuard};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How long a flush-close may take before the sockets are closed anyway (Envoy's default
+/// `delayed_close_timeout`).
+const FLUSH_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest single read; reads are also capped by the room left under the buffer limit.
+const READ_SIZE: usize = 64 * 1024;
+
+/// Bytes waiting to be written to one socket.
+#[derive(Debug, Default)]
+struct Outbound {
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+    /// A FIN is queued after the chunks.
+    fin: bool,
+    /// `shutdown(SHUT_WR)` was done.
+    shut: bool,
+}
+
+impl Outbound {
+    fn push(&mut self, chunk: Chunk) {
+        if self.fin {
+            // The filters already count and log this (N7); keep the socket consistent.
+            if !chunk.data.is_empty() {
+                tracing::debug!(bytes = chunk.data.len(), "tcp_proxy: dropping bytes after FIN");
+            }
+            return;
+        }
+        if !chunk.data.is_empty() {
+            self.bytes += chunk.data.len();
+            self.chunks.push_back(chunk.data);
+        }
+        self.fin |= chunk.end_of_stream;
+    }
+
+    /// Writes what the socket takes now; returns the byte count, or the write error.
+    fn flush(&mut self, socket: &TcpStream) -> io::Result<usize> {
+        let mut written = 0;
+        while !self.chunks.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self.chunks.iter().take(64).map(|b| IoSlice::new(b)).collect();
+            match socket.try_write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    written += n;
+                    self.bytes -= n;
+                    while n > 0 {
+                        let Some(front) = self.chunks.front_mut() else { break };
+                        if n >= front.len() {
+                            n -= front.len();
+                            self.chunks.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(written),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.fin && !self.shut {
+            self.shut = true;
+            shutdown_write(socket)?;
+        }
+        Ok(written)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+fn shutdown_write(socket: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        r => r,
+    }
+}
+
+/// Sends RST instead of FIN when the socket is dropped.
+fn arm_reset(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
+/// What one read produced.
+enum ReadResult {
+    Chunk(Chunk),
+    Nothing,
+    Error(io::Error),
+}
+
+/// Reads what is available, up to `room` bytes; a FIN read with data gives one chunk with both.
+fn read_available(socket: &TcpStream, room: usize) -> ReadResult {
+    let mut buf = BytesMut::with_capacity(room.min(READ_SIZE));
+    let mut eof = false;
+    while buf.len() < room {
+        if buf.capacity() == buf.len() {
+            buf.reserve((room - buf.len()).min(READ_SIZE));
+        }
+        let want = room - buf.len();
+        match socket.try_read_buf(&mut (&mut buf).limit(want)) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return ReadResult::Error(e),
+        }
+    }
+    if buf.is_empty() && !eof {
+        return ReadResult::Nothing;
+    }
+    ReadResult::Chunk(Chunk { data: buf.freeze(), end_of_stream: eof })
+}
+
+/// What woke the session.
+enum Wake {
+    DownReadable,
+    UpReadable,
+    DownWritable,
+    UpWritable,
+    Side(Option<crate::filter::network::ext_proc::stream::Tagged>),
+    Timer,
+}
+
+/// How the session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Both directions finished, or a flush-close completed: close both sockets normally.
+    Normal,
+    /// A side failed (RST or write error): reset the other one.
+    PeerReset,
+    /// A filter asked for CLOSE_RST: reset downstream, close upstream.
+    FilterReset,
+    /// Idle timeout.
+    Idle,
+}
+
+/// Flow-control state of one reading side (for the paused/resumed counters).
+#[derive(Debug)]
+struct Flow {
+    paused: bool,
+    paused_total: Counter,
+    resumed_total: Counter,
+}
+
+impl Flow {
+    /// Envoy's watermarks: pause at the limit, resume at half.
+    fn update(&mut self, buffered: usize, limit: usize) -> bool {
+        if !self.paused && buffered >= limit {
+            self.paused = true;
+            self.paused_total.inc();
+        } else if self.paused && buffered <= limit / 2 {
+            self.paused = false;
+            self.resumed_total.inc();
+        }
+        !self.paused
+    }
+}
+
+/// Runs one connection to its end.
+pub(super) async fn run(
+    conn: Connection,
+    up: TcpStream,
+    ext_proc: &[Arc<crate::filter::network::ext_proc::Filter>],
+    filter: &Filter,
+    cluster: &Cluster,
+    up_stats: &UpstreamStats,
+) {
+    let Connection { stream: down, id, peer, local, buffer_limit, shutdown: _ } = conn;
+    // Envoy does not cut tcp_proxy connections when draining; the server's drain timer bounds
+    // them, so `shutdown` is not watched here.
+    let _active = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+    let info = ConnectionInfo {
+        id,
+        source: Some(peer),
+        destination: Some(local),
+        upstream: up.peer_addr().ok(),
+        node_id: filter.node_id.clone(),
+        ..Default::default()
+    };
+    let (mut chain, mut events) = Chain::new(ext_proc, &info, local);
+    let stats = &filter.stats;
+    // Read path: downstream reads sized by the listener limit, queued under the cluster limit.
+    let down_limit = buffer_limit.max(1);
+    let up_limit = cluster.buffer_limit.max(1);
+    let mut to_up = Outbound::default();
+    let mut to_down = Outbound::default();
+    let mut down_eof = false;
+    let mut up_eof = false;
+    let mut down_flow = Flow {
+        paused: false,
+        paused_total: stats.downstream_flow_control_paused_reading_total.clone(),
+        resumed_total: stats.downstream_flow_control_resumed_reading_total.clone(),
+    };
+    let mut up_flow = Flow {
+        paused: false,
+        paused_total: up_stats.paused_reading.clone(),
+        resumed_total: up_stats.resumed_reading.clone(),
+    };
+    let mut closing: Option<Instant> = None;
+    let mut idle_deadline = filter.idle_timeout.map(|t| Instant::now() + t);
+    let timer = tokio::time::sleep_until(far_future());
+    tokio::pin!(timer);
+
+    let end = loop {
+        let now = Instant::now();
+        // 1. Write what the sockets take now.
+        let mut progressed = false;
+        match to_up.flush(&up) {
+            Ok(n) => {
+                cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
+                progressed |= n > 0;
+            }
+            Err(e) => {
+                tracing::debug!(conn = id, error = %e, "tcp_proxy: upstream write failed");
+                break End::PeerReset;
+            }
+        }
+        match to_down.flush(&down) {
+            Ok(n) => {
+                stats.downstream_cx_tx_bytes_total.add(n as u64);
+                progressed |= n > 0;
+            }
+            Err(e) => {
+                tracing::debug!(conn = id, error = %e, "tcp_proxy: downstream write failed");
+                break End::PeerReset;
+            }
+        }
+        stats.downstream_cx_tx_bytes_buffered.set(to_down.bytes as i64);
+        if progressed {
+            idle_deadline = filter.idle_timeout.map(|t| now + t);
+        }
+
+        // 2. Is it over?
+        if let Some(deadline) = closing {
+            if (to_up.is_empty() && to_down.is_empty()) || now >= deadline {
+                break End::Normal;
+            }
+        } else if down_eof && up_eof && !chain.has_pending() && to_up.is_empty() && to_down.is_empty() {
+            break End::Normal;
+        }
+
+        // 3. Wait for the next thing to do.
+        let open = closing.is_none();
+        let read_room = down_limit
+            .min(up_limit.saturating_sub(to_up.bytes))
+            .saturating_sub(chain.in_flight(Direction::Read));
+        let write_room = up_limit
+            .min(down_limit.saturating_sub(to_down.bytes))
+            .saturating_sub(chain.in_flight(Direction::Write));
+        let read_down = open && !down_eof && down_flow.update(to_up.bytes, up_limit) && read_room > 0;
+        let read_up = open && !up_eof && up_flow.update(to_down.bytes, down_limit) && write_room > 0;
+        let deadline = [idle_deadline, chain.deadline(), closing].into_iter().flatten().min();
+        let deadline = deadline.unwrap_or_else(far_future);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        let wake = tokio::select! {
+            _ = down.readable(), if read_down => Wake::DownReadable,
+            _ = up.readable(), if read_up => Wake::UpReadable,
+            _ = down.writable(), if !to_down.is_empty() => Wake::DownWritable,
+            _ = up.writable(), if !to_up.is_empty() => Wake::UpWritable,
+            ev = events.recv(), if !chain.is_empty() => Wake::Side(ev),
+            _ = &mut timer => Wake::Timer,
+        };
+
+        // 4. Handle it.
+        let now = Instant::now();
+        let mut fx = Effects::default();
+        match wake {
+            Wake::DownReadable => match read_available(&down, read_room) {
+                ReadResult::Chunk(chunk) => {
+                    let n = chunk.data.len() as u64;
+                    stats.downstream_cx_rx_bytes_total.add(n);
+                    down_eof = chunk.end_of_stream;
+                    idle_deadline = filter.idle_timeout.map(|t| now + t);
+                    chain.ingress(Direction::Read, chunk, now, &mut fx);
+                }
+                ReadResult::Nothing => {}
+                ReadResult::Error(e) => {
+                    tracing::debug!(conn = id, error = %e, "tcp_proxy: downstream read failed");
+                    break End::PeerReset;
+                }
+            },
+            Wake::UpReadable => match read_available(&up, write_room) {
+                ReadResult::Chunk(chunk) => {
+                    cluster.stats.upstream_cx_rx_bytes_total.add(chunk.data.len() as u64);
+                    up_eof = chunk.end_of_stream;
+                    idle_deadline = filter.idle_timeout.map(|t| now + t);
+                    chain.ingress(Direction::Write, chunk, now, &mut fx);
+                }
+                ReadResult::Nothing => {}
+                ReadResult::Error(e) => {
+                    tracing::debug!(conn = id, error = %e, "tcp_proxy: upstream read failed");
+                    break End::PeerReset;
+                }
+            },
+            // Writes happen at the top of the loop.
+            Wake::DownWritable | Wake::UpWritable => {}
+            Wake::Side(Some(ev)) => chain.on_event(ev, now, &mut fx),
+            Wake::Side(None) => {}
+            Wake::Timer => {
+                if idle_deadline.is_some_and(|d| d <= now) && closing.is_none() {
+                    stats.idle_timeout.inc();
+                    tracing::debug!(conn = id, "tcp_proxy: idle timeout");
+                    break End::Idle;
+                }
+                chain.on_timer(now, &mut fx);
+            }
+        }
+        for c in fx.to_upstream {
+            to_up.push(c);
+        }
+        for c in fx.to_downstream {
+            to_down.push(c);
+        }
+        if let Some((kind, reason)) = fx.close {
+            if closing.is_none() {
+                tracing::debug!(conn = id, reason, "tcp_proxy: connection closed by a filter");
+                chain.on_connection_closed();
+                if kind == CloseKind::Reset {
+                    break End::FilterReset;
+                }
+                // FlushWrite: what is queued still goes out, then FIN on both sides.
+                to_up.fin = true;
+                to_down.fin = true;
+                closing = Some(now + FLUSH_CLOSE_TIMEOUT);
+            }
+        }
+    };
+
+    chain.on_connection_closed();
+    stats.downstream_cx_tx_bytes_buffered.set(0);
+    match end {
+        End::Normal | End::Idle => {
+            let _ = shutdown_write(&down);
+            let _ = shutdown_write(&up);
+        }
+        End::PeerReset => {
+            arm_reset(&down);
+            arm_reset(&up);
+        }
+        End::FilterReset => {
+            arm_reset(&down);
+            let _ = to_up.flush(&up);
+            let _ = shutdown_write(&up);
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
