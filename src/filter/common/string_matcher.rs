@@ -1,0 +1,152 @@
+//! `type.matcher.v3.StringMatcher`, `ListStringMatcher` and `RegexMatcher` as config data and
+//! compiled matchers.
+
+use crate::config::ConfigError;
+use serde::Deserialize;
+
+/// `type.matcher.v3.RegexMatcher` (only `google_re2`, which is the default engine).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegexMatcherConfig {
+    /// The engine; only RE2 exists in Envoy 1.40 (an empty object).
+    pub google_re2: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The expression, matched against the whole input (RE2 full match).
+    pub regex: String,
+}
+
+impl RegexMatcherConfig {
+    /// Compiles the expression anchored at both ends, as RE2 `FullMatch` does.
+    pub fn compile(&self, path: &str) -> Result<regex::Regex, ConfigError> {
+        regex::Regex::new(&format!("^(?:{})$", self.regex))
+            .map_err(|e| ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}")))
+    }
+}
+
+/// `type.matcher.v3.StringMatcher` as config.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatcherConfig {
+    /// Exact match.
+    pub exact: Option<String>,
+    /// Prefix match.
+    pub prefix: Option<String>,
+    /// Suffix match.
+    pub suffix: Option<String>,
+    /// Substring match.
+    pub contains: Option<String>,
+    /// Regular expression (full match).
+    pub safe_regex: Option<RegexMatcherConfig>,
+    /// Case-insensitive comparison (not for `safe_regex`).
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+/// `type.matcher.v3.ListStringMatcher` as config.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListStringMatcherConfig {
+    /// Matches if any pattern matches.
+    #[serde(default)]
+    pub patterns: Vec<StringMatcherConfig>,
+}
+
+/// A compiled `StringMatcher`.
+#[derive(Debug, Clone)]
+pub enum StringMatcher {
+    /// Exact (with the case flag).
+    Exact(String, bool),
+    /// Prefix.
+    Prefix(String, bool),
+    /// Suffix.
+    Suffix(String, bool),
+    /// Substring.
+    Contains(String, bool),
+    /// Anchored regular expression.
+    Regex(regex::Regex),
+}
+
+impl StringMatcher {
+    /// Compiles a matcher; exactly one of the pattern fields must be set.
+    pub fn build(cfg: &StringMatcherConfig, path: &str) -> Result<Self, ConfigError> {
+        let StringMatcherConfig { exact, prefix, suffix, contains, safe_regex, ignore_case } = cfg;
+        let ic = *ignore_case;
+        let fold = |s: &String| if ic { s.to_ascii_lowercase() } else { s.clone() };
+        let set = [exact.is_some(), prefix.is_some(), suffix.is_some(), contains.is_some(), safe_regex.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if set != 1 {
+            return Err(ConfigError::new(
+                path,
+                "exactly one of exact, prefix, suffix, contains or safe_regex must be set",
+            ));
+        }
+        Ok(match (exact, prefix, suffix, contains, safe_regex) {
+            (Some(s), ..) => StringMatcher::Exact(fold(s), ic),
+            (_, Some(s), ..) => StringMatcher::Prefix(fold(s), ic),
+            (_, _, Some(s), ..) => StringMatcher::Suffix(fold(s), ic),
+            (_, _, _, Some(s), _) => StringMatcher::Contains(fold(s), ic),
+            (_, _, _, _, Some(r)) => StringMatcher::Regex(r.compile(&format!("{path}.safe_regex"))?),
+            _ => return Err(ConfigError::new(path, "empty string matcher")),
+        })
+    }
+
+    /// True if `input` matches.
+    pub fn matches(&self, input: &str) -> bool {
+        let folded = |ic: bool| if ic { std::borrow::Cow::Owned(input.to_ascii_lowercase()) } else { input.into() };
+        match self {
+            StringMatcher::Exact(s, ic) => folded(*ic) == s.as_str(),
+            StringMatcher::Prefix(s, ic) => folded(*ic).starts_with(s.as_str()),
+            StringMatcher::Suffix(s, ic) => folded(*ic).ends_with(s.as_str()),
+            StringMatcher::Contains(s, ic) => folded(*ic).contains(s.as_str()),
+            StringMatcher::Regex(r) => r.is_match(input),
+        }
+    }
+}
+
+/// A compiled `ListStringMatcher`: matches if any pattern does.
+#[derive(Debug, Clone)]
+pub struct ListStringMatcher(pub Vec<StringMatcher>);
+
+impl ListStringMatcher {
+    /// Compiles every pattern.
+    pub fn build(cfg: &ListStringMatcherConfig, path: &str) -> Result<Self, ConfigError> {
+        let ListStringMatcherConfig { patterns } = cfg;
+        patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| StringMatcher::build(p, &format!("{path}.patterns[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(ListStringMatcher)
+    }
+
+    /// True if any pattern matches.
+    pub fn matches(&self, input: &str) -> bool {
+        self.0.iter().any(|m| m.matches(input))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matchers() {
+        let m = StringMatcher::build(&StringMatcherConfig { prefix: Some("X-".into()), ignore_case: true, ..Default::default() }, "p")
+            .unwrap();
+        assert!(m.matches("x-foo"));
+        assert!(!m.matches("y-foo"));
+        let r = StringMatcher::build(
+            &StringMatcherConfig {
+                safe_regex: Some(RegexMatcherConfig { google_re2: None, regex: "a.c".into() }),
+                ..Default::default()
+            },
+            "p",
+        )
+        .unwrap();
+        assert!(r.matches("abc"));
+        assert!(!r.matches("abcd"), "full match only");
+        let err = StringMatcher::build(&StringMatcherConfig::default(), "p").unwrap_err();
+        assert_eq!(err.path, "p");
+    }
+}

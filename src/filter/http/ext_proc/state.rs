@@ -1,0 +1,1389 @@
+//! The ext_proc protocol state machine of one HTTP stream, without I/O (§4.2, §4.19).
+//!
+//! The async driver ([`super::stream`]) feeds it the HTTP events of both directions
+//! ([`Core::on_headers`], [`Core::on_data`], [`Core::on_trailers`]), the processor's responses
+//! ([`Core::on_response`]), timer expiries and side-stream failures, and executes the
+//! [`Action`]s it queues: messages to send, timers to (re)arm, headers / data / trailers to
+//! forward, local replies. Each direction has its own callback state, queue and timer.
+
+use super::config::{RouteCacheAction, BodySendMode, HeaderSendMode, ProcessingModeConfig};
+use super::mutation::{self, Checker, Context, ForwardRules, Head, MutationError, Target};
+use super::stats::Stats;
+use crate::filter::http::LocalReply;
+use bytes::{Bytes, BytesMut};
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode as PbMode;
+use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use envoy_types::pb::google::protobuf::Struct;
+use http::{HeaderMap, StatusCode};
+use pb::body_mutation::Mutation as BodyMut;
+use pb::processing_request::Request as Req;
+use pb::processing_response::Response as Resp;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A direction of the HTTP stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Client → upstream (Envoy's decoding path).
+    Request,
+    /// Upstream → client (encoding path).
+    Response,
+}
+
+/// Body send mode of one direction (GRPC is refused by config validation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// No body messages.
+    None,
+    /// One message per chunk, one reply per chunk.
+    Streamed,
+    /// The whole body in one message.
+    Buffered,
+    /// Up to the buffer limit in one message, the rest passes through.
+    BufferedPartial,
+    /// Chunks sent as they arrive, M:N `streamed_response` replies.
+    FullDuplex,
+}
+
+impl BodyMode {
+    fn from_cfg(m: Option<BodySendMode>) -> Self {
+        match m {
+            None | Some(BodySendMode::None) | Some(BodySendMode::Grpc) => BodyMode::None,
+            Some(BodySendMode::Streamed) => BodyMode::Streamed,
+            Some(BodySendMode::Buffered) => BodyMode::Buffered,
+            Some(BodySendMode::BufferedPartial) => BodyMode::BufferedPartial,
+            Some(BodySendMode::FullDuplexStreamed) => BodyMode::FullDuplex,
+        }
+    }
+
+    fn from_pb(v: i32) -> Self {
+        match v {
+            1 => BodyMode::Streamed,
+            2 => BodyMode::Buffered,
+            3 => BodyMode::BufferedPartial,
+            4 => BodyMode::FullDuplex,
+            _ => BodyMode::None,
+        }
+    }
+
+    /// The proto enum number.
+    pub fn number(self) -> i32 {
+        match self {
+            BodyMode::None => 0,
+            BodyMode::Streamed => 1,
+            BodyMode::Buffered => 2,
+            BodyMode::BufferedPartial => 3,
+            BodyMode::FullDuplex => 4,
+        }
+    }
+}
+
+/// What is sent for one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirMode {
+    /// Headers are sent (SEND or DEFAULT).
+    pub send_headers: bool,
+    /// Body mode.
+    pub body: BodyMode,
+    /// Trailers are sent (only SEND).
+    pub send_trailers: bool,
+}
+
+/// The effective processing mode of both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    /// Request path.
+    pub request: DirMode,
+    /// Response path.
+    pub response: DirMode,
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Mode::from_config(None)
+    }
+}
+
+impl Mode {
+    /// Resolves a configured `ProcessingMode` (unset fields take Envoy's defaults).
+    pub fn from_config(m: Option<&ProcessingModeConfig>) -> Self {
+        let m = m.copied().unwrap_or_default();
+        let headers = |h: Option<HeaderSendMode>| h != Some(HeaderSendMode::Skip);
+        let trailers = |h: Option<HeaderSendMode>| h == Some(HeaderSendMode::Send);
+        Mode {
+            request: DirMode {
+                send_headers: headers(m.request_header_mode),
+                body: BodyMode::from_cfg(m.request_body_mode),
+                send_trailers: trailers(m.request_trailer_mode),
+            },
+            response: DirMode {
+                send_headers: headers(m.response_header_mode),
+                body: BodyMode::from_cfg(m.response_body_mode),
+                send_trailers: trailers(m.response_trailer_mode),
+            },
+        }
+    }
+
+    /// The mode after a `mode_override`: DEFAULT header/trailer modes keep the current value,
+    /// body modes are literal (quirk H16). `request_header_mode` is ignored (the request
+    /// headers have been sent already).
+    pub fn overridden(self, o: &PbMode) -> Mode {
+        let hdr = |v: i32, cur: bool| match v {
+            1 => true,
+            2 => false,
+            _ => cur,
+        };
+        let trl = |v: i32, cur: bool| match v {
+            1 => true,
+            2 => false,
+            _ => cur,
+        };
+        Mode {
+            request: DirMode {
+                send_headers: self.request.send_headers,
+                body: BodyMode::from_pb(o.request_body_mode),
+                send_trailers: trl(o.request_trailer_mode, self.request.send_trailers),
+            },
+            response: DirMode {
+                send_headers: hdr(o.response_header_mode, self.response.send_headers),
+                body: BodyMode::from_pb(o.response_body_mode),
+                send_trailers: trl(o.response_trailer_mode, self.response.send_trailers),
+            },
+        }
+    }
+}
+
+/// A `ProcessingMode` as raw enum numbers, for `allowed_override_modes` (which compares the
+/// override literally, except `request_header_mode`).
+pub fn raw_mode_key(m: &PbMode) -> [i32; 5] {
+    [m.response_header_mode, m.request_body_mode, m.response_body_mode, m.request_trailer_mode, m.response_trailer_mode]
+}
+
+/// The same key for a configured mode.
+pub fn raw_mode_key_cfg(m: &ProcessingModeConfig) -> [i32; 5] {
+    fn h(v: Option<HeaderSendMode>) -> i32 {
+        match v {
+            None | Some(HeaderSendMode::Default) => 0,
+            Some(HeaderSendMode::Send) => 1,
+            Some(HeaderSendMode::Skip) => 2,
+        }
+    }
+    fn b(v: Option<BodySendMode>) -> i32 {
+        BodyMode::from_cfg(v).number()
+    }
+    [h(m.response_header_mode), b(m.request_body_mode), b(m.response_body_mode), h(m.request_trailer_mode), h(m.response_trailer_mode)]
+}
+
+/// The filter settings the state machine needs (shared by all streams of a filter).
+#[derive(Debug)]
+pub struct Policy {
+    /// Per-message deadline.
+    pub message_timeout: Duration,
+    /// Upper bound of `override_message_timeout` (zero disables overrides).
+    pub max_message_timeout: Duration,
+    /// Header mutation rules.
+    pub checker: Checker,
+    /// Which headers are sent.
+    pub forward: ForwardRules,
+    /// Route cache policy.
+    pub route_cache_action: RouteCacheAction,
+    /// Honour `mode_override`.
+    pub allow_mode_override: bool,
+    /// Allowed override keys (empty = any).
+    pub allowed_override_modes: Vec<[i32; 5]>,
+    /// Immediate responses are spurious.
+    pub disable_immediate_response: bool,
+    /// Send and go.
+    pub observability_mode: bool,
+    /// STREAMED: send chunks before the headers reply.
+    pub send_body_without_waiting: bool,
+    /// Status of error local replies.
+    pub status_on_error: StatusCode,
+    /// Keep `content-length` where Envoy strips it.
+    pub allow_content_length_header: bool,
+    /// Buffer limit for BUFFERED / BUFFERED_PARTIAL.
+    pub buffer_limit: usize,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl Policy {
+    /// A policy with Envoy's defaults, for tests.
+    pub fn defaults(stats: Stats) -> Policy {
+        Policy {
+            message_timeout: Duration::from_millis(200),
+            max_message_timeout: Duration::ZERO,
+            checker: Checker::default(),
+            forward: ForwardRules::default(),
+            route_cache_action: RouteCacheAction::Default,
+            allow_mode_override: false,
+            allowed_override_modes: Vec::new(),
+            disable_immediate_response: false,
+            observability_mode: false,
+            send_body_without_waiting: false,
+            status_on_error: StatusCode::INTERNAL_SERVER_ERROR,
+            allow_content_length_header: false,
+            buffer_limit: 1024 * 1024,
+            stats,
+        }
+    }
+}
+
+/// Something the driver must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this message (the first one opens the side stream).
+    Send(Box<pb::ProcessingRequest>),
+    /// (Re)start a direction's message timer, or stop it (`None`).
+    Timer(Dir, Option<Duration>),
+    /// Forward the (mutated) headers.
+    Headers(Dir, Head),
+    /// Forward body bytes.
+    Data(Dir, Bytes),
+    /// Forward trailers (the direction ends after them).
+    Trailers(Dir, HeaderMap),
+    /// The direction's output is complete.
+    End(Dir),
+    /// Answer with a local reply (or reset if the response has started).
+    LocalReply(LocalReply),
+    /// The router must match the route again.
+    ClearRouteCache,
+    /// Write these namespaces into the stream's dynamic metadata.
+    Metadata(Struct),
+    /// Close (reset) the side stream.
+    Close,
+}
+
+/// The callback a direction waits for (`processor_state.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Callback {
+    Idle,
+    Headers,
+    BufferedBody,
+    StreamedBody,
+    PartialBody,
+    Trailers,
+}
+
+#[derive(Debug)]
+struct DirState {
+    mode: DirMode,
+    cb: Callback,
+    /// Headers have been received.
+    started: bool,
+    /// Held headers, not forwarded yet.
+    head: Option<Head>,
+    /// The headers ended the message.
+    head_eos: bool,
+    /// The source is complete (end of stream or trailers received).
+    input_done: bool,
+    /// Some body data was received.
+    data_seen: bool,
+    /// Received data not yet sent to the processor nor forwarded.
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    /// STREAMED chunks sent and awaiting their reply (FIFO); BUFFERED: the sent body.
+    inflight: VecDeque<Bytes>,
+    /// Held trailers.
+    trailers: Option<HeaderMap>,
+    /// Trailers were received.
+    got_trailers: bool,
+    /// The end of the body has been sent to the processor.
+    eos_sent: bool,
+    /// BUFFERED / BUFFERED_PARTIAL: the body message was sent (or skipped).
+    body_sent: bool,
+    /// Data now flows without processing (BUFFERED_PARTIAL after its reply, …).
+    passthrough: bool,
+    /// CONTINUE_AND_REPLACE with a body: the original body is dropped.
+    drop_body: bool,
+    /// Trailers were sent to the processor.
+    trailers_sent: bool,
+    /// FULL_DUPLEX_STREAMED: the processor ended the body.
+    fd_body_done: bool,
+    /// Output ended.
+    ended: bool,
+    /// The direction's message timer is running.
+    timer: bool,
+    /// An `override_message_timeout` was applied in the current callback.
+    override_used: bool,
+    /// Attributes for the first message of this direction.
+    attributes: Option<Struct>,
+    /// The first message of this direction was sent.
+    first_sent: bool,
+}
+
+impl DirState {
+    fn new(mode: DirMode) -> Self {
+        DirState {
+            mode,
+            cb: Callback::Idle,
+            started: false,
+            head: None,
+            head_eos: false,
+            input_done: false,
+            data_seen: false,
+            queue: VecDeque::new(),
+            queued: 0,
+            inflight: VecDeque::new(),
+            trailers: None,
+            got_trailers: false,
+            eos_sent: false,
+            body_sent: false,
+            passthrough: false,
+            drop_body: false,
+            trailers_sent: false,
+            fd_body_done: false,
+            ended: false,
+            timer: false,
+            override_used: false,
+            attributes: None,
+            first_sent: false,
+        }
+    }
+
+    fn take_queue(&mut self) -> Bytes {
+        self.queued = 0;
+        concat(self.queue.drain(..))
+    }
+}
+
+fn concat(parts: impl Iterator<Item = Bytes>) -> Bytes {
+    let parts: Vec<Bytes> = parts.collect();
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut b = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in parts {
+                b.extend_from_slice(&p);
+            }
+            b.freeze()
+        }
+    }
+}
+
+/// Replaces whitespace with `_`, as Envoy does for response-code details.
+pub fn underscore(s: &str) -> String {
+    s.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect()
+}
+
+/// The state machine of one HTTP stream's external processing.
+#[derive(Debug)]
+pub struct Core {
+    policy: Arc<Policy>,
+    fail_open: bool,
+    /// Top-level namespaces of `dynamic_metadata` that may be written.
+    receiving: Arc<Vec<String>>,
+    initial_mode: Mode,
+    req: DirState,
+    resp: DirState,
+    /// External processing is over: everything passes through.
+    done: bool,
+    /// Set when the side stream could not be created (missing cluster).
+    channel_unavailable: bool,
+    opened: bool,
+    closed: bool,
+    /// A FULL_DUPLEX_STREAMED body chunk was sent: failures can no longer fail open.
+    fd_seen: bool,
+    /// `metadata_context` sent with every message.
+    pub metadata_context: core::Metadata,
+    out: VecDeque<Action>,
+}
+
+impl Core {
+    /// A new stream. `mode`, `fail_open` and `receiving` are the per-route merged values.
+    pub fn new(policy: Arc<Policy>, mode: Mode, fail_open: bool, receiving: Arc<Vec<String>>) -> Self {
+        Core {
+            policy,
+            fail_open,
+            receiving,
+            initial_mode: mode,
+            req: DirState::new(mode.request),
+            resp: DirState::new(mode.response),
+            done: false,
+            channel_unavailable: false,
+            opened: false,
+            closed: false,
+            fd_seen: false,
+            metadata_context: core::Metadata::default(),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Marks the side stream as impossible to create (cluster missing): the first message
+    /// fails the stream instead (`…gRPC_error_14{Cluster_not_available}`).
+    pub fn set_channel_unavailable(&mut self) {
+        self.channel_unavailable = true;
+    }
+
+    /// Attributes to send with the first message of a direction.
+    pub fn set_attributes(&mut self, d: Dir, attrs: Struct) {
+        self.ds(d).attributes = Some(attrs);
+    }
+
+    /// The next action to execute.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    /// True once external processing is over for the stream.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// True if the side stream was opened and not closed yet.
+    pub fn is_open(&self) -> bool {
+        self.opened && !self.closed
+    }
+
+    /// True if a direction would send anything to the processor for a message.
+    pub fn wants(&self, d: Dir) -> bool {
+        let m = self.mode(d);
+        !self.done && (m.send_headers || m.body != BodyMode::None || m.send_trailers)
+    }
+
+    /// True if the driver should not read more data of `d` for now (back-pressure).
+    pub fn data_paused(&self, d: Dir) -> bool {
+        let ds = self.ds_ref(d);
+        !self.done && ds.queued > self.policy.buffer_limit.saturating_mul(2) && ds.mode.body != BodyMode::Buffered
+    }
+
+    /// True if the direction's output has ended.
+    pub fn ended(&self, d: Dir) -> bool {
+        self.ds_ref(d).ended
+    }
+
+    fn mode(&self, d: Dir) -> DirMode {
+        self.ds_ref(d).mode
+    }
+
+    fn ds(&mut self, d: Dir) -> &mut DirState {
+        match d {
+            Dir::Request => &mut self.req,
+            Dir::Response => &mut self.resp,
+        }
+    }
+
+    fn ds_ref(&self, d: Dir) -> &DirState {
+        match d {
+            Dir::Request => &self.req,
+            Dir::Response => &self.resp,
+        }
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.policy.stats
+    }
+
+    fn should_strip_cl(&self, d: Dir) -> bool {
+        let m = self.mode(d);
+        !self.policy.allow_content_length_header
+            && match m.body {
+                BodyMode::Streamed | BodyMode::BufferedPartial | BodyMode::FullDuplex => true,
+                BodyMode::Buffered => !m.send_headers,
+                BodyMode::None => false,
+            }
+    }
+
+    // === sending ===
+
+    fn send(&mut self, d: Dir, request: Req) {
+        if self.channel_unavailable && !self.opened {
+            // Envoy: the client cannot be created ⇒ no stream, a gRPC error 14.
+            self.opened = true;
+            self.closed = true;
+            self.on_stream_error(14, "Cluster not available");
+            return;
+        }
+        let observability = self.policy.observability_mode;
+        let first = !self.opened;
+        if first {
+            self.opened = true;
+            self.stats().streams_started.inc();
+        }
+        let attributes = match self.ds(d).attributes.take() {
+            Some(a) if !self.ds_ref(d).first_sent => {
+                std::collections::HashMap::from([("envoy.filters.http.ext_proc".to_string(), a)])
+            }
+            _ => Default::default(),
+        };
+        self.ds(d).first_sent = true;
+        let protocol_config = (first && !observability).then(|| pb::ProtocolConfiguration {
+            request_body_mode: self.initial_mode.request.body.number(),
+            response_body_mode: self.initial_mode.response.body.number(),
+            send_body_without_waiting_for_header_response: self.policy.send_body_without_waiting,
+        });
+        let msg = pb::ProcessingRequest {
+            metadata_context: Some(self.metadata_context.clone()),
+            attributes,
+            observability_mode: observability,
+            protocol_config,
+            request: Some(request),
+            ..Default::default()
+        };
+        self.stats().stream_msgs_sent.inc();
+        self.out.push_back(Action::Send(Box::new(msg)));
+    }
+
+    fn start_timer(&mut self, d: Dir) {
+        if self.policy.observability_mode {
+            return;
+        }
+        let t = self.policy.message_timeout;
+        let ds = self.ds(d);
+        ds.timer = true;
+        ds.override_used = false;
+        self.out.push_back(Action::Timer(d, Some(t)));
+    }
+
+    fn stop_timer(&mut self, d: Dir) {
+        let ds = self.ds(d);
+        if ds.timer {
+            ds.timer = false;
+            self.out.push_back(Action::Timer(d, None));
+        }
+    }
+
+    fn headers_msg(&self, d: Dir, head: &Head, eos: bool) -> Req {
+        let h = pb::HttpHeaders {
+            headers: Some(mutation::to_proto(head, &self.policy.forward)),
+            end_of_stream: eos,
+            ..Default::default()
+        };
+        match d {
+            Dir::Request => Req::RequestHeaders(h),
+            Dir::Response => Req::ResponseHeaders(h),
+        }
+    }
+
+    fn body_msg(d: Dir, body: &Bytes, eos: bool) -> Req {
+        let b = pb::HttpBody { body: body.to_vec(), end_of_stream: eos, ..Default::default() };
+        match d {
+            Dir::Request => Req::RequestBody(b),
+            Dir::Response => Req::ResponseBody(b),
+        }
+    }
+
+    fn trailers_msg(&self, d: Dir, t: &HeaderMap) -> Req {
+        let t = pb::HttpTrailers { trailers: Some(mutation::trailers_to_proto(t, &self.policy.forward)) };
+        match d {
+            Dir::Request => Req::RequestTrailers(t),
+            Dir::Response => Req::ResponseTrailers(t),
+        }
+    }
+
+    // === forwarding ===
+
+    fn emit_head(&mut self, d: Dir) {
+        if let Some(head) = self.ds(d).head.take() {
+            self.out.push_back(Action::Headers(d, head));
+        }
+    }
+
+    fn emit_data(&mut self, d: Dir, b: Bytes) {
+        if !b.is_empty() && !self.ds_ref(d).ended {
+            self.out.push_back(Action::Data(d, b));
+        }
+    }
+
+    fn emit_trailers(&mut self, d: Dir, t: HeaderMap) {
+        let ds = self.ds(d);
+        if !ds.ended {
+            ds.ended = true;
+            self.out.push_back(Action::Trailers(d, t));
+            self.out.push_back(Action::End(d));
+        }
+    }
+
+    fn emit_end(&mut self, d: Dir) {
+        let ds = self.ds(d);
+        if !ds.ended {
+            ds.ended = true;
+            self.out.push_back(Action::End(d));
+        }
+    }
+
+    /// Forwards everything held for `d`, unprocessed (processing is over).
+    fn flush(&mut self, d: Dir) {
+        if !self.ds_ref(d).started {
+            return;
+        }
+        self.emit_head(d);
+        let inflight: Vec<Bytes> = self.ds(d).inflight.drain(..).collect();
+        if !self.ds_ref(d).drop_body {
+            for b in inflight {
+                self.emit_data(d, b);
+            }
+            let q = self.ds(d).take_queue();
+            self.emit_data(d, q);
+        }
+        if let Some(t) = self.ds(d).trailers.take() {
+            self.emit_trailers(d, t);
+        } else if self.ds_ref(d).input_done {
+            self.emit_end(d);
+        }
+    }
+
+    /// Ends external processing; held data flows on unmodified.
+    fn finish_processing(&mut self) {
+        self.done = true;
+        self.close();
+        self.stop_timer(Dir::Request);
+        self.stop_timer(Dir::Response);
+        self.flush(Dir::Request);
+        self.flush(Dir::Response);
+    }
+
+    fn close(&mut self) {
+        if self.opened && !self.closed {
+            self.closed = true;
+            self.stats().streams_closed.inc();
+            self.out.push_back(Action::Close);
+        }
+    }
+
+    /// Sends a local reply for an error and ends processing.
+    fn error_reply(&mut self, status: StatusCode, details: &str) {
+        self.done = true;
+        self.close();
+        self.stop_timer(Dir::Request);
+        self.stop_timer(Dir::Response);
+        self.stats().immediate_responses_sent.inc();
+        self.out.push_back(Action::LocalReply(LocalReply::new(status, Bytes::new(), underscore(details))));
+    }
+
+    /// A local reply that is not ext_proc's own (buffer overflow: the filter manager's).
+    fn overflow(&mut self, d: Dir) {
+        self.done = true;
+        self.close();
+        self.stop_timer(Dir::Request);
+        self.stop_timer(Dir::Response);
+        let reply = match d {
+            Dir::Request => LocalReply::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", "request_payload_too_large"),
+            Dir::Response => LocalReply::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", "response_payload_too_large"),
+        };
+        self.out.push_back(Action::LocalReply(reply));
+    }
+
+    fn may_close_early(&mut self) {
+        if !self.done && self.opened && !self.closed && !self.will_send_more(Dir::Request) && !self.will_send_more(Dir::Response) {
+            self.close();
+        }
+    }
+
+    fn will_send_more(&self, d: Dir) -> bool {
+        let ds = self.ds_ref(d);
+        let m = ds.mode;
+        if ds.cb != Callback::Idle {
+            return true;
+        }
+        if m.body == BodyMode::FullDuplex && ds.started && !ds.head_eos && (!ds.fd_body_done || (ds.trailers_sent && !ds.ended)) {
+            return true;
+        }
+        if !ds.started {
+            return m.send_headers || m.body != BodyMode::None || m.send_trailers;
+        }
+        if ds.ended {
+            return false;
+        }
+        let body_pending = !ds.head_eos
+            && !ds.passthrough
+            && !ds.drop_body
+            && match m.body {
+                BodyMode::None => false,
+                BodyMode::Buffered | BodyMode::BufferedPartial => !ds.body_sent,
+                BodyMode::Streamed | BodyMode::FullDuplex => !ds.eos_sent,
+            };
+        let trailers_pending = m.send_trailers && !ds.trailers_sent && !ds.drop_body && (!ds.input_done || ds.trailers.is_some());
+        body_pending || trailers_pending
+    }
+
+    // === HTTP events ===
+
+    /// Headers of a direction arrived (`eos`: no body and no trailers follow).
+    pub fn on_headers(&mut self, d: Dir, mut head: Head, eos: bool) {
+        {
+            let ds = self.ds(d);
+            ds.started = true;
+            ds.head_eos = eos;
+            ds.input_done = eos;
+        }
+        if self.done {
+            self.out.push_back(Action::Headers(d, head));
+            if eos {
+                self.emit_end(d);
+            }
+            return;
+        }
+        if self.should_strip_cl(d) {
+            head.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
+        let m = self.mode(d);
+        if self.policy.observability_mode {
+            if m.send_headers {
+                let msg = self.headers_msg(d, &head, eos);
+                self.send(d, msg);
+            }
+            self.out.push_back(Action::Headers(d, head));
+            if eos {
+                self.emit_end(d);
+            }
+            return;
+        }
+        if !m.send_headers {
+            self.out.push_back(Action::Headers(d, head));
+            if eos {
+                self.emit_end(d);
+            }
+            self.may_close_early();
+            return;
+        }
+        let msg = self.headers_msg(d, &head, eos);
+        let ds = self.ds(d);
+        ds.head = Some(head);
+        ds.cb = Callback::Headers;
+        self.send(d, msg);
+        if !self.done {
+            self.start_timer(d);
+        }
+    }
+
+    /// Body bytes of a direction arrived; `eos` ends the message (no trailers).
+    pub fn on_data(&mut self, d: Dir, data: Bytes, eos: bool) {
+        {
+            let ds = self.ds(d);
+            if ds.input_done {
+                return;
+            }
+            ds.input_done = eos;
+            ds.data_seen |= !data.is_empty();
+        }
+        if self.done || self.ds_ref(d).passthrough {
+            let ds = self.ds_ref(d);
+            if ds.head.is_some() || !ds.queue.is_empty() || !ds.inflight.is_empty() {
+                self.queue_data(d, data);
+                return;
+            }
+            self.emit_data(d, data);
+            if eos {
+                self.emit_end(d);
+            }
+            return;
+        }
+        if self.ds_ref(d).drop_body {
+            if eos {
+                self.emit_end(d);
+            }
+            return;
+        }
+        let m = self.mode(d);
+        if self.policy.observability_mode {
+            if m.body == BodyMode::Streamed {
+                let msg = Self::body_msg(d, &data, eos);
+                self.send(d, msg);
+            }
+            self.emit_data(d, data);
+            if eos {
+                self.emit_end(d);
+            }
+            return;
+        }
+        match m.body {
+            BodyMode::None => {
+                if self.ds_ref(d).head.is_some() || self.ds_ref(d).cb != Callback::Idle {
+                    self.queue_data(d, data);
+                } else {
+                    self.emit_data(d, data);
+                    if eos {
+                        self.advance(d);
+                    }
+                }
+            }
+            BodyMode::Buffered | BodyMode::BufferedPartial => {
+                if self.ds_ref(d).body_sent {
+                    // After the BUFFERED_PARTIAL reply (or skipped body): pass through.
+                    self.queue_data(d, data);
+                    self.advance(d);
+                    return;
+                }
+                self.queue_data(d, data);
+                if m.body == BodyMode::Buffered && self.ds_ref(d).queued > self.policy.buffer_limit {
+                    self.overflow(d);
+                    return;
+                }
+                self.advance(d);
+            }
+            BodyMode::Streamed => {
+                let waiting = self.ds_ref(d).cb == Callback::Headers && !self.policy.send_body_without_waiting;
+                if waiting || !self.ds_ref(d).queue.is_empty() {
+                    self.queue_data(d, data);
+                    self.advance(d);
+                } else {
+                    self.send_chunk(d, data, eos);
+                }
+            }
+            BodyMode::FullDuplex => {
+                self.fd_seen = true;
+                let msg = Self::body_msg(d, &data, eos);
+                self.ds(d).eos_sent = eos;
+                self.send(d, msg);
+            }
+        }
+    }
+
+    fn queue_data(&mut self, d: Dir, data: Bytes) {
+        let ds = self.ds(d);
+        ds.queued += data.len();
+        if !data.is_empty() {
+            ds.queue.push_back(data);
+        }
+    }
+
+    fn send_chunk(&mut self, d: Dir, data: Bytes, eos: bool) {
+        let msg = Self::body_msg(d, &data, eos);
+        let ds = self.ds(d);
+        ds.inflight.push_back(data);
+        ds.eos_sent |= eos;
+        if ds.cb == Callback::Idle {
+            ds.cb = Callback::StreamedBody;
+        }
+        self.send(d, msg);
+        if !self.done {
+            self.start_timer(d);
+        }
+    }
+
+    /// Trailers of a direction arrived (the message ends with them).
+    pub fn on_trailers(&mut self, d: Dir, trailers: HeaderMap) {
+        {
+            let ds = self.ds(d);
+            if ds.input_done {
+                return;
+            }
+            ds.input_done = true;
+            ds.got_trailers = true;
+        }
+        let ds = self.ds_ref(d);
+        if self.done || ds.drop_body || (ds.passthrough && ds.head.is_none() && ds.queue.is_empty()) {
+            if ds.head.is_some() || !ds.queue.is_empty() {
+                self.ds(d).trailers = Some(trailers);
+                self.flush(d);
+                return;
+            }
+            self.emit_trailers(d, trailers);
+            return;
+        }
+        let m = self.mode(d);
+        if self.policy.observability_mode {
+            if m.send_trailers {
+                let msg = self.trailers_msg(d, &trailers);
+                self.send(d, msg);
+            }
+            self.emit_trailers(d, trailers);
+            return;
+        }
+        if m.body == BodyMode::FullDuplex && !m.send_trailers && !self.ds_ref(d).passthrough && !self.ds_ref(d).drop_body {
+            if self.ds_ref(d).fd_body_done {
+                self.emit_trailers(d, trailers);
+            } else {
+                self.ds(d).trailers = Some(trailers);
+            }
+            return;
+        }
+        if m.body == BodyMode::FullDuplex && m.send_trailers {
+            let msg = self.trailers_msg(d, &trailers);
+            let ds = self.ds(d);
+            ds.trailers = Some(trailers);
+            ds.trailers_sent = true;
+            self.send(d, msg);
+            return;
+        }
+        self.ds(d).trailers = Some(trailers);
+        self.advance(d);
+    }
+
+    /// Moves a direction forward after an event or a reply: sends what is ready, forwards
+    /// what may go, ends the direction when everything is out.
+    fn advance(&mut self, d: Dir) {
+        if self.done {
+            return;
+        }
+        if self.ds_ref(d).cb != Callback::Idle || self.ds_ref(d).ended || !self.ds_ref(d).started {
+            return;
+        }
+        let m = self.mode(d);
+        let ds = self.ds_ref(d);
+        // BUFFERED / BUFFERED_PARTIAL: the body message goes first, headers are held for it.
+        if matches!(m.body, BodyMode::Buffered | BodyMode::BufferedPartial)
+            && !ds.body_sent
+            && !ds.head_eos
+            && !ds.passthrough
+            && !ds.drop_body
+        {
+            let ready = ds.input_done || (m.body == BodyMode::BufferedPartial && ds.queued > self.policy.buffer_limit);
+            if !ready {
+                return;
+            }
+            if !ds.data_seen && ds.trailers.is_some() {
+                // Envoy sends no body message when trailers come without any data.
+                self.ds(d).body_sent = true;
+            } else {
+                let body = self.ds(d).take_queue();
+                let eos = self.ds_ref(d).input_done && self.ds_ref(d).trailers.is_none();
+                let msg = Self::body_msg(d, &body, eos);
+                let ds = self.ds(d);
+                ds.inflight.push_back(body);
+                ds.body_sent = true;
+                ds.eos_sent = eos;
+                ds.cb = if m.body == BodyMode::Buffered { Callback::BufferedBody } else { Callback::PartialBody };
+                self.send(d, msg);
+                if !self.done {
+                    self.start_timer(d);
+                }
+                return;
+            }
+        }
+        self.emit_head(d);
+        let ds = self.ds_ref(d);
+        if m.body == BodyMode::FullDuplex && !ds.head_eos && !ds.passthrough && !ds.drop_body {
+            // FULL_DUPLEX_STREAMED output is driven by the processor's replies.
+            return;
+        }
+        // Queued data.
+        let streamed = m.body == BodyMode::Streamed && !ds.passthrough && !ds.drop_body && !ds.head_eos;
+        if streamed && (!ds.queue.is_empty() || (ds.input_done && !ds.got_trailers && !ds.eos_sent)) {
+            let eos = ds.input_done && ds.trailers.is_none();
+            let chunk = self.ds(d).take_queue();
+            self.send_chunk(d, chunk, eos);
+            return;
+        }
+        if !streamed {
+            let q = self.ds(d).take_queue();
+            self.emit_data(d, q);
+        }
+        // Trailers.
+        if let Some(t) = self.ds(d).trailers.take() {
+            let ds = self.ds_ref(d);
+            if m.send_trailers && !ds.trailers_sent && !ds.drop_body && !ds.passthrough {
+                let msg = self.trailers_msg(d, &t);
+                let ds = self.ds(d);
+                ds.trailers = Some(t);
+                ds.trailers_sent = true;
+                ds.cb = Callback::Trailers;
+                self.send(d, msg);
+                if !self.done {
+                    self.start_timer(d);
+                }
+                return;
+            }
+            self.emit_trailers(d, t);
+        } else if self.ds_ref(d).input_done {
+            self.emit_end(d);
+        }
+        self.may_close_early();
+    }
+
+    // === processor events ===
+
+    /// A message arrived from the processor.
+    pub fn on_response(&mut self, resp: pb::ProcessingResponse) {
+        if self.done || self.policy.observability_mode {
+            // Messages after completion are ignored (§4.2); observability ignores everything.
+            return;
+        }
+        if let Some(t) = resp.override_message_timeout {
+            self.on_override_timeout(t);
+            return;
+        }
+        let Some(r) = resp.response else {
+            if let Some(mo) = &resp.mode_override {
+                if self.standalone_override(mo) {
+                    self.stats().stream_msgs_received.inc();
+                    return;
+                }
+            }
+            return self.spurious("unhandled message");
+        };
+        if let Some(mo) = &resp.mode_override {
+            self.maybe_override(mo);
+        }
+        let metadata = resp.dynamic_metadata;
+        let outcome = match r {
+            Resp::RequestHeaders(h) => self.on_headers_reply(Dir::Request, h.response.unwrap_or_default()),
+            Resp::ResponseHeaders(h) => self.on_headers_reply(Dir::Response, h.response.unwrap_or_default()),
+            Resp::RequestBody(b) => self.on_body_reply(Dir::Request, b.response.unwrap_or_default()),
+            Resp::ResponseBody(b) => self.on_body_reply(Dir::Response, b.response.unwrap_or_default()),
+            Resp::RequestTrailers(t) => self.on_trailers_reply(Dir::Request, t.header_mutation),
+            Resp::ResponseTrailers(t) => self.on_trailers_reply(Dir::Response, t.header_mutation),
+            Resp::ImmediateResponse(i) => {
+                if self.policy.disable_immediate_response {
+                    Err(Failure::Spurious("unhandled immediate response due to config disabled it"))
+                } else {
+                    self.apply_metadata(metadata);
+                    self.stats().stream_msgs_received.inc();
+                    self.immediate(i);
+                    return;
+                }
+            }
+            Resp::StreamedImmediateResponse(_) => Err(Failure::Spurious("unhandled message")),
+        };
+        match outcome {
+            Ok(()) => {
+                self.stats().stream_msgs_received.inc();
+                self.apply_metadata(metadata);
+                self.advance(Dir::Request);
+                self.advance(Dir::Response);
+                self.may_close_early();
+            }
+            Err(Failure::Spurious(msg)) => self.spurious(msg),
+            Err(Failure::Mutation(e)) => {
+                self.stats().stream_msgs_received.inc();
+                let status = self.policy.status_on_error;
+                self.error_reply(status, &e.to_string());
+            }
+            Err(Failure::Other(msg)) => {
+                self.stats().stream_msgs_received.inc();
+                let status = self.policy.status_on_error;
+                self.error_reply(status, msg);
+            }
+        }
+    }
+
+    fn apply_metadata(&mut self, md: Option<Struct>) {
+        let Some(md) = md else { return };
+        let fields: std::collections::BTreeMap<_, _> =
+            md.fields.into_iter().filter(|(k, _)| self.receiving.iter().any(|n| n == k)).collect();
+        if !fields.is_empty() {
+            self.out.push_back(Action::Metadata(Struct { fields: fields.into_iter().collect() }));
+        }
+    }
+
+    fn spurious(&mut self, msg: &'static str) {
+        self.stats().spurious_msgs_received.inc();
+        if self.fail_open && !self.fd_seen {
+            self.stats().failure_mode_allowed.inc();
+            self.finish_processing();
+        } else {
+            let status = self.policy.status_on_error;
+            self.error_reply(status, msg);
+        }
+    }
+
+    fn on_override_timeout(&mut self, t: envoy_types::pb::google::protobuf::Duration) {
+        let v = Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+        let max = self.policy.max_message_timeout;
+        let dir = [Dir::Request, Dir::Response].into_iter().find(|d| self.ds_ref(*d).timer);
+        match dir {
+            Some(d) if !max.is_zero() && v >= Duration::from_millis(1) && v <= max && !self.ds_ref(d).override_used => {
+                self.ds(d).override_used = true;
+                self.stats().override_message_timeout_received.inc();
+                self.out.push_back(Action::Timer(d, Some(v)));
+            }
+            _ => self.stats().override_message_timeout_ignored.inc(),
+        }
+    }
+
+    fn override_allowed(&self, mo: &PbMode) -> bool {
+        let p = &self.policy;
+        let fd = |m: Mode| m.request.body == BodyMode::FullDuplex || m.response.body == BodyMode::FullDuplex;
+        p.allow_mode_override
+            && !p.send_body_without_waiting
+            && !fd(self.initial_mode)
+            && (self.req.cb == Callback::Headers || self.resp.cb == Callback::Headers)
+            && (p.allowed_override_modes.is_empty() || p.allowed_override_modes.contains(&raw_mode_key(mo)))
+    }
+
+    fn maybe_override(&mut self, mo: &PbMode) {
+        if !self.override_allowed(mo) {
+            return;
+        }
+        let cur = Mode { request: self.req.mode, response: self.resp.mode };
+        let new = cur.overridden(mo);
+        // The request path cannot change once its headers reply is in.
+        if self.req.cb == Callback::Headers {
+            self.req.mode = new.request;
+        }
+        self.resp.mode = new.response;
+    }
+
+    /// A message with only `mode_override` before the request-headers reply: only a switch of
+    /// the request body from NONE/STREAMED to FULL_DUPLEX_STREAMED with trailers SEND.
+    fn standalone_override(&mut self, mo: &PbMode) -> bool {
+        let ok = self.req.cb == Callback::Headers
+            && matches!(self.req.mode.body, BodyMode::None | BodyMode::Streamed)
+            && mo.request_body_mode == BodyMode::FullDuplex.number()
+            && mo.request_trailer_mode == 1;
+        if ok {
+            self.req.mode.body = BodyMode::FullDuplex;
+            self.req.mode.send_trailers = true;
+            // The request will now stream: content-length no longer holds.
+            if let Some(h) = self.req.head.as_mut() {
+                if !self.policy.allow_content_length_header {
+                    h.headers_mut().remove(http::header::CONTENT_LENGTH);
+                }
+            }
+        }
+        ok
+    }
+
+    fn on_headers_reply(&mut self, d: Dir, common: pb::CommonResponse) -> Result<(), Failure> {
+        if self.ds_ref(d).cb != Callback::Headers {
+            return Err(Failure::Spurious("spurious message"));
+        }
+        self.stop_timer(d);
+        self.ds(d).cb = Callback::Idle;
+        let replace = common.status == pb::common_response::ResponseStatus::ContinueAndReplace as i32;
+        let strip = self.should_strip_cl(d);
+        let has_mutation = common.header_mutation.is_some();
+        if let Some(hm) = &common.header_mutation {
+            let policy = self.policy.clone();
+            let head = self.ds(d).head.as_mut();
+            if let Some(head) = head {
+                mutation::apply(Target::Head(head), hm, &policy.checker, Context { replace, strip_content_length: strip }, &policy.stats)
+                    .map_err(Failure::Mutation)?;
+            }
+        }
+        if d == Dir::Request {
+            self.route_cache(common.clear_route_cache, has_mutation);
+        }
+        if replace {
+            let ds = self.ds(d);
+            ds.mode.body = BodyMode::None;
+            ds.mode.send_trailers = false;
+            let new_body = match common.body_mutation.and_then(|b| b.mutation) {
+                Some(BodyMut::Body(b)) => Some(Bytes::from(b)),
+                Some(BodyMut::ClearBody(_)) => Some(Bytes::new()),
+                _ => None,
+            };
+            match new_body {
+                Some(body) => {
+                    if let Some(h) = ds.head.as_mut() {
+                        h.headers_mut().remove(http::header::CONTENT_LENGTH);
+                    }
+                    ds.drop_body = true;
+                    ds.queue.clear();
+                    ds.queued = 0;
+                    ds.trailers = None;
+                    self.emit_head(d);
+                    self.emit_data(d, body);
+                    self.emit_end(d);
+                }
+                None => self.ds(d).passthrough = true,
+            }
+        } else if self.mode(d).body == BodyMode::FullDuplex {
+            self.emit_head(d);
+        }
+        Ok(())
+    }
+
+    fn route_cache(&mut self, clear: bool, has_mutation: bool) {
+        match self.policy.route_cache_action {
+            RouteCacheAction::Default => {
+                if clear && !has_mutation {
+                    self.stats().clear_route_cache_ignored.inc();
+                } else if clear {
+                    self.out.push_back(Action::ClearRouteCache);
+                }
+            }
+            RouteCacheAction::Clear => {
+                if has_mutation {
+                    self.out.push_back(Action::ClearRouteCache);
+                }
+            }
+            RouteCacheAction::Retain => {
+                if clear {
+                    self.stats().clear_route_cache_disabled.inc();
+                }
+            }
+        }
+    }
+
+    fn on_body_reply(&mut self, d: Dir, common: pb::CommonResponse) -> Result<(), Failure> {
+        let m = self.mode(d);
+        let mutation = common.body_mutation.and_then(|b| b.mutation);
+        if m.body == BodyMode::FullDuplex {
+            let ds = self.ds_ref(d);
+            if ds.cb == Callback::Headers || !ds.started || ds.fd_body_done {
+                return Err(Failure::Spurious("spurious message"));
+            }
+            return match mutation {
+                Some(BodyMut::StreamedResponse(s)) => {
+                    self.emit_data(d, Bytes::from(s.body));
+                    if s.end_of_stream {
+                        self.ds(d).fd_body_done = true;
+                        if !self.ds_ref(d).trailers_sent {
+                            match self.ds(d).trailers.take() {
+                                Some(t) => self.emit_trailers(d, t),
+                                None => self.emit_end(d),
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                Some(_) => Err(Failure::Spurious(
+                    "spurious message: Normal body mutation response is received while body_mode_ is FULL_DUPLEX_STREAMED",
+                )),
+                None => Ok(()),
+            };
+        }
+        if matches!(mutation, Some(BodyMut::StreamedResponse(_))) {
+            return Err(Failure::Spurious(
+                "spurious message: streamed_response is received while body_mode_ is not FULL_DUPLEX_STREAMED",
+            ));
+        }
+        let replace = |chunk: Bytes| match &mutation {
+            Some(BodyMut::Body(b)) => Bytes::from(b.clone()),
+            Some(BodyMut::ClearBody(true)) => Bytes::new(),
+            _ => chunk,
+        };
+        match self.ds_ref(d).cb {
+            Callback::StreamedBody => {
+                let chunk = self.ds(d).inflight.pop_front().unwrap_or_default();
+                let out = replace(chunk);
+                self.emit_data(d, out);
+                if self.ds_ref(d).inflight.is_empty() {
+                    self.ds(d).cb = Callback::Idle;
+                    self.stop_timer(d);
+                } else {
+                    self.start_timer(d);
+                }
+                Ok(())
+            }
+            Callback::BufferedBody | Callback::PartialBody => {
+                self.stop_timer(d);
+                let policy = self.policy.clone();
+                let strip = self.should_strip_cl(d);
+                let ds = self.ds(d);
+                let partial = ds.cb == Callback::PartialBody;
+                ds.cb = Callback::Idle;
+                if let (Some(hm), Some(head)) = (&common.header_mutation, ds.head.as_mut()) {
+                    mutation::apply(Target::Head(head), hm, &policy.checker, Context { replace: false, strip_content_length: strip }, &policy.stats)
+                        .map_err(Failure::Mutation)?;
+                }
+                let body = concat(ds.inflight.drain(..));
+                let mutated = mutation.is_some();
+                let body = replace(body);
+                if mutated && !partial {
+                    if let Some(cl) = ds.head.as_ref().and_then(Head::content_length) {
+                        if cl != body.len() as u64 {
+                            return Err(Failure::Other("mismatch between content length and the length of the mutated body"));
+                        }
+                    }
+                }
+                if partial {
+                    ds.passthrough = true;
+                }
+                if d == Dir::Request && common.header_mutation.is_some() {
+                    self.route_cache(common.clear_route_cache, true);
+                }
+                self.emit_head(d);
+                self.emit_data(d, body);
+                Ok(())
+            }
+            _ => Err(Failure::Spurious("spurious message")),
+        }
+    }
+
+    fn on_trailers_reply(&mut self, d: Dir, hm: Option<pb::HeaderMutation>) -> Result<(), Failure> {
+        let ds = self.ds_ref(d);
+        let fd_ok = ds.mode.body == BodyMode::FullDuplex && ds.trailers_sent && ds.cb == Callback::Idle;
+        if ds.cb != Callback::Trailers && !fd_ok {
+            return Err(Failure::Spurious("spurious message"));
+        }
+        self.stop_timer(d);
+        let policy = self.policy.clone();
+        let ds = self.ds(d);
+        ds.cb = Callback::Idle;
+        let mut t = ds.trailers.take().unwrap_or_default();
+        if let Some(hm) = &hm {
+            mutation::apply(Target::Trailers(&mut t), hm, &policy.checker, Context::default(), &policy.stats)
+                .map_err(Failure::Mutation)?;
+        }
+        self.emit_trailers(d, t);
+        Ok(())
+    }
+
+    fn immediate(&mut self, i: pb::ImmediateResponse) {
+        let code = i.status.map(|s| s.code).unwrap_or(0);
+        let status = u16::try_from(code)
+            .ok()
+            .filter(|c| *c >= 200)
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
+        let mut headers = HeaderMap::new();
+        if let Some(hm) = &i.headers {
+            // A failed mutation stops the remaining ones; the reply is still sent (§4.11).
+            let _ = mutation::apply(Target::Trailers(&mut headers), hm, &self.policy.checker, Context::default(), &self.policy.stats);
+        }
+        let reply = LocalReply {
+            status,
+            headers,
+            body: Bytes::from(i.body),
+            details: underscore(&i.details),
+            grpc_status: i.grpc_status.map(|g| g.status),
+        };
+        self.done = true;
+        self.close();
+        self.stop_timer(Dir::Request);
+        self.stop_timer(Dir::Response);
+        self.stats().immediate_responses_sent.inc();
+        self.out.push_back(Action::LocalReply(reply));
+    }
+
+    /// The HTTP stream is over: close the side stream if it is still open.
+    pub fn shutdown(&mut self) {
+        self.close();
+    }
+
+    /// A direction's message timer fired.
+    pub fn on_timeout(&mut self, d: Dir) {
+        if self.done || !self.ds_ref(d).timer {
+            return;
+        }
+        self.ds(d).timer = false;
+        self.stats().message_timeouts.inc();
+        if self.fail_open {
+            self.stats().failure_mode_allowed.inc();
+            self.finish_processing();
+        } else {
+            self.error_reply(StatusCode::GATEWAY_TIMEOUT, "ext_proc_error_per-message_timeout_exceeded");
+        }
+    }
+
+    /// The processor ended the side stream with grpc-status OK.
+    pub fn on_stream_ok(&mut self) {
+        self.stats().server_half_closed.inc();
+        if self.done {
+            return;
+        }
+        self.finish_processing();
+    }
+
+    /// The side stream failed (gRPC error, reset, connect failure).
+    pub fn on_stream_error(&mut self, code: i32, message: &str) {
+        if self.done {
+            return;
+        }
+        self.stats().streams_failed.inc();
+        self.closed = true;
+        if self.fail_open && !self.fd_seen {
+            self.stats().failure_mode_allowed.inc();
+            self.finish_processing();
+        } else {
+            let status = self.policy.status_on_error;
+            self.error_reply(status, &format!("ext_proc_error_gRPC_error_{code}{{{}}}", underscore(message)));
+        }
+    }
+}
+
+enum Failure {
+    Spurious(&'static str),
+    Mutation(MutationError),
+    Other(&'static str),
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
