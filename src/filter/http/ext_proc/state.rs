@@ -238,8 +238,8 @@ pub enum Action {
     Send(Box<pb::ProcessingRequest>),
     /// (Re)start a direction's message timer, or stop it (`None`).
     Timer(Dir, Option<Duration>),
-    /// Forward the (mutated) headers.
-    Headers(Dir, Head),
+    /// Forward the (mutated) headers; `true` if nothing follows them (no body, no trailers).
+    Headers(Dir, Head, bool),
     /// Forward body bytes.
     Data(Dir, Bytes),
     /// Forward trailers (the direction ends after them).
@@ -577,8 +577,10 @@ impl Core {
     // === forwarding ===
 
     fn emit_head(&mut self, d: Dir) {
-        if let Some(head) = self.ds(d).head.take() {
-            self.out.push_back(Action::Headers(d, head));
+        let ds = self.ds(d);
+        let end = ds.head_eos && !ds.drop_body;
+        if let Some(head) = ds.head.take() {
+            self.out.push_back(Action::Headers(d, head, end));
         }
     }
 
@@ -711,7 +713,7 @@ impl Core {
             ds.input_done = eos;
         }
         if self.done {
-            self.out.push_back(Action::Headers(d, head));
+            self.out.push_back(Action::Headers(d, head, eos));
             if eos {
                 self.emit_end(d);
             }
@@ -726,14 +728,14 @@ impl Core {
                 let msg = self.headers_msg(d, &head, eos);
                 self.send(d, msg);
             }
-            self.out.push_back(Action::Headers(d, head));
+            self.out.push_back(Action::Headers(d, head, eos));
             if eos {
                 self.emit_end(d);
             }
             return;
         }
         if !m.send_headers {
-            self.out.push_back(Action::Headers(d, head));
+            self.out.push_back(Action::Headers(d, head, eos));
             if eos {
                 self.emit_end(d);
             }

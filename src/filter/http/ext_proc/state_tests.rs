@@ -63,7 +63,7 @@ fn drain(c: &mut Core) -> Vec<String> {
             ),
             Action::Timer(d, Some(_)) => format!("timer:{}", dn(d)),
             Action::Timer(d, None) => format!("stop:{}", dn(d)),
-            Action::Headers(d, _) => format!("hdr:{}", dn(d)),
+            Action::Headers(d, _, _) => format!("hdr:{}", dn(d)),
             Action::Data(d, b) => format!("data:{}:{}", dn(d), String::from_utf8_lossy(&b)),
             Action::Trailers(d, _) => format!("trl:{}", dn(d)),
             Action::End(d) => format!("end:{}", dn(d)),

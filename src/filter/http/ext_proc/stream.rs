@@ -313,7 +313,7 @@ impl Task {
             match a {
                 Action::Send(msg) => self.send(*msg).await,
                 Action::Timer(d, t) => self.io[idx(d)].deadline = t.map(|t| Instant::now() + t),
-                Action::Headers(d, head) => self.forward_head(d, head),
+                Action::Headers(d, head, end) => self.forward_head(d, head, end),
                 Action::Data(d, b) => self.output(d, Ok(Frame::data(b))).await,
                 Action::Trailers(d, t) => self.output(d, Ok(Frame::trailers(t))).await,
                 Action::End(d) => {
@@ -361,9 +361,9 @@ impl Task {
         let _ = tx.try_send(msg);
     }
 
-    fn forward_head(&mut self, d: Dir, head: Head) {
+    fn forward_head(&mut self, d: Dir, head: Head, end: bool) {
         let io = &mut self.io[idx(d)];
-        let body: Body = if io.src.is_none() && self.core.ended(d) {
+        let body: Body = if end {
             crate::filter::http::empty_body()
         } else {
             let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
