@@ -98,7 +98,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let (bootstrap, source) = load_bootstrap(&cli)?;
     let options = extproxy::Options { concurrency, drain_time: Duration::from_secs(cli.drain_time_s) };
     if let Mode::Validate = cli.mode {
-        extproxy::server::validate(&bootstrap, &options)?;
+        // Inside a runtime: building filters creates the (lazily connecting) gRPC channels.
+        runtime(1)?.block_on(async { extproxy::server::validate(&bootstrap, &options) })?;
         println!("configuration '{source}' OK");
         return Ok(());
     }
