@@ -560,7 +560,7 @@ async fn config_errors_carry_envoys_messages() {
     assert!(msg("processing_mode: {process_read: SKIP, process_write: SKIP}")
         .contains("both read and write paths are skipped, at least one must be enabled."));
     assert!(msg("message_timeout: 3601s").contains("MessageTimeout: value must be inside range [0s, 1h0m0s]"));
-    let y = bootstrap(&[ext_proc("", "")], 1, 2, "", "");
+    let y = bootstrap(&[ext_proc("''", "")], 1, 2, "", "");
     let e = extproxy::config::parse(&y).and_then(|b| extproxy::server::validate(&b, &Default::default())).unwrap_err();
     assert!(e.to_string().contains("StatPrefix: value length must be at least 1 characters"), "{e}");
     let e = check("bogus: 1").unwrap_err();
