@@ -11,6 +11,19 @@
 //!    cleared the route cache, and gets the upstream response;
 //! 4. calls [`HttpFilter::encode`] on each filter in reverse order with the response.
 //!
+//! # What filters see
+//! - Requests are normalised before the first filter: `req.uri()` is absolute
+//!   (`http://<authority><path?query>`; `:scheme`, `:authority` and `:path` come from it), there
+//!   is no `host` header, hop-by-hop headers are gone, and the HCM's own headers are in place
+//!   (`x-forwarded-proto`, `x-request-id`, `x-forwarded-for` with `use_remote_address`). The
+//!   router reads the same URI, so a filter that changes `:authority` or `:path` changes the URI.
+//! - Responses reaching `encode` carry the upstream headers (minus hop-by-hop), the router's
+//!   `x-envoy-upstream-service-time` and the route's `response_headers_to_add`; `date` and
+//!   `server` are added after the last encoder, as Envoy does.
+//! - A [`LocalReply`] returned by `decode` of filter *i* is rendered by the HCM and passes
+//!   through `encode` of filters *i-1 … 0* (those that decoded); one returned by `encode` is sent
+//!   as is. A late abort is sent as is, or resets the stream once the response has started.
+//!
 //! Body streams created by filters run after `decode` returned, so they report late failures
 //! through [`StreamContext::abort`]: a local reply if the response has not started, otherwise a
 //! stream reset. The HCM watches that signal for the whole life of the stream.

@@ -1,0 +1,330 @@
+//! Upstream HTTP connection pools, one per cluster: HTTP/1.1 keeps idle connections for reuse
+//! (one request at a time per connection); HTTP/2 multiplexes every request over one
+//! connection. Connections are made with [`Cluster::connect`] (connect timeout, stats).
+
+use crate::cluster::{Cluster, ConnectError, UpstreamProtocol};
+use crate::filter::http::{Body, BoxError};
+use crate::stats::{Counter, GaugeGuard, Store};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+/// Why an upstream request failed before a response arrived; the names are Envoy's reset
+/// reasons, which appear in the 503 body.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The cluster has no endpoint.
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    /// The TCP connect failed.
+    #[error("remote connection failure")]
+    ConnectFailure,
+    /// The TCP connect timed out.
+    #[error("connection timeout")]
+    ConnectTimeout,
+    /// The connection closed before the response headers.
+    #[error("connection termination")]
+    ConnectionTermination,
+    /// The upstream reset the stream (HTTP/2 RST_STREAM).
+    #[error("remote reset")]
+    RemoteReset,
+    /// The upstream sent something that is not HTTP.
+    #[error("protocol error")]
+    ProtocolError,
+}
+
+impl UpstreamError {
+    fn from_hyper(e: &hyper::Error) -> Self {
+        if e.is_parse() || e.is_parse_status() {
+            return UpstreamError::ProtocolError;
+        }
+        // h2's errors are not nameable without depending on h2; its RST_STREAM error reads
+        // "stream error received: <reason>".
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            if s.to_string().starts_with("stream error received") {
+                return UpstreamError::RemoteReset;
+            }
+            source = s.source();
+        }
+        UpstreamError::ConnectionTermination
+    }
+}
+
+/// Counters by response code under `cluster.<name>.`.
+#[derive(Debug)]
+pub struct UpstreamStats {
+    /// `upstream_rq_<N>xx`, index N-1.
+    classes: [Counter; 5],
+    /// `upstream_rq_completed`.
+    completed: Counter,
+    /// `upstream_rq_timeout`.
+    pub timeout: Counter,
+    /// `upstream_rq_pending_total`: requests that waited for a new connection.
+    pending_total: Counter,
+    /// `upstream_rq_<code>`, created on first use (Envoy shows them only once seen).
+    codes: Box<[OnceLock<Counter>]>,
+    scope: String,
+    store: Store,
+}
+
+impl UpstreamStats {
+    fn new(store: &Store, cluster: &str) -> Self {
+        let scope = format!("cluster.{cluster}");
+        let c = |s: &str| store.counter(&format!("{scope}.{s}"));
+        UpstreamStats {
+            classes: [c("upstream_rq_1xx"), c("upstream_rq_2xx"), c("upstream_rq_3xx"), c("upstream_rq_4xx"), c("upstream_rq_5xx")],
+            completed: c("upstream_rq_completed"),
+            timeout: c("upstream_rq_timeout"),
+            pending_total: c("upstream_rq_pending_total"),
+            codes: (0..600).map(|_| OnceLock::new()).collect(),
+            scope,
+            store: store.clone(),
+        }
+    }
+
+    /// Counts a response (upstream or the router's own 503/504) with status `code`.
+    pub fn response(&self, code: u16) {
+        if let Some(c) = self.classes.get(usize::from(code / 100).wrapping_sub(1)) {
+            c.inc();
+        }
+        if let Some(slot) = self.codes.get(usize::from(code)) {
+            slot.get_or_init(|| self.store.counter(&format!("{}.upstream_rq_{code}", self.scope))).inc();
+        }
+        self.completed.inc();
+    }
+}
+
+/// A cluster's pool.
+#[derive(Debug)]
+pub struct Pool {
+    /// The cluster (endpoints, connect timeout, stats).
+    pub cluster: Arc<Cluster>,
+    /// Response-code stats.
+    pub stats: UpstreamStats,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// Idle HTTP/1.1 connections, most recently used last.
+    Http1(Mutex<Vec<http1::SendRequest<Body>>>),
+    /// The shared HTTP/2 connection; the async mutex makes concurrent first requests share one
+    /// connect.
+    Http2(tokio::sync::Mutex<Option<http2::SendRequest<Body>>>),
+}
+
+/// A checked-out HTTP/1.1 connection goes back to the pool when its response body ends.
+#[derive(Debug)]
+pub struct Checkout {
+    sender: http1::SendRequest<Body>,
+    pool: Arc<Pool>,
+}
+
+impl Pool {
+    /// A pool for `cluster`; connects lazily.
+    pub fn new(cluster: Arc<Cluster>, store: &Store) -> Self {
+        let kind = match cluster.protocol {
+            UpstreamProtocol::Http1 => Kind::Http1(Mutex::new(Vec::new())),
+            UpstreamProtocol::Http2 => Kind::Http2(tokio::sync::Mutex::new(None)),
+        };
+        Pool { stats: UpstreamStats::new(store, &cluster.name), cluster, kind }
+    }
+
+    /// The protocol spoken to the endpoints.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.cluster.protocol
+    }
+
+    async fn connect(&self) -> Result<TokioIo<tokio::net::TcpStream>, UpstreamError> {
+        self.stats.pending_total.inc();
+        match self.cluster.connect().await {
+            Ok(s) => Ok(TokioIo::new(s)),
+            Err(ConnectError::NoHealthyUpstream) => Err(UpstreamError::NoHealthyUpstream),
+            Err(ConnectError::Timeout) => Err(UpstreamError::ConnectTimeout),
+            Err(_) => Err(UpstreamError::ConnectFailure),
+        }
+    }
+
+    /// Sends a request (already in upstream form) and waits for the response head.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: http::Request<Body>,
+    ) -> Result<(http::Response<Incoming>, Option<Checkout>), UpstreamError> {
+        self.cluster.stats.upstream_rq_total.inc();
+        match &self.kind {
+            Kind::Http1(idle) => {
+                let mut req = req;
+                // A reused connection may have been closed by the upstream just now; hyper then
+                // hands the request back unsent, and it is safe to retry on a new connection.
+                loop {
+                    let reused = loop {
+                        let Some(mut s) = idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break None };
+                        if s.is_closed() {
+                            continue;
+                        }
+                        if s.ready().await.is_ok() {
+                            break Some(s);
+                        }
+                    };
+                    let fresh = reused.is_none();
+                    let mut sender = match reused {
+                        Some(s) => s,
+                        None => self.connect_http1().await?,
+                    };
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, Some(Checkout { sender, pool: self.clone() }))),
+                        Err(mut e) => match e.take_message() {
+                            Some(back) if !fresh => req = back,
+                            _ => return Err(UpstreamError::from_hyper(e.error())),
+                        },
+                    }
+                }
+            }
+            Kind::Http2(shared) => {
+                let mut sender = {
+                    let mut slot = shared.lock().await;
+                    match slot.as_ref() {
+                        Some(s) if !s.is_closed() => s.clone(),
+                        _ => {
+                            let s = self.connect_http2().await?;
+                            *slot = Some(s.clone());
+                            s
+                        }
+                    }
+                };
+                sender.ready().await.map_err(|e| UpstreamError::from_hyper(&e))?;
+                let resp = sender.send_request(req).await.map_err(|e| UpstreamError::from_hyper(&e))?;
+                Ok((resp, None))
+            }
+        }
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let io = self.connect().await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::from_hyper(&e))?;
+        let active = self.cluster.stats.upstream_cx_active.clone();
+        tokio::spawn(async move {
+            let _active = GaugeGuard::new(&active);
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let io = self.connect().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(u32::try_from(self.cluster.buffer_limit).unwrap_or(u32::MAX).max(65_535))
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::from_hyper(&e))?;
+        let active = self.cluster.stats.upstream_cx_active.clone();
+        tokio::spawn(async move {
+            let _active = GaugeGuard::new(&active);
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+}
+
+impl Checkout {
+    /// Returns the connection to the pool (called when the response body ended cleanly).
+    fn release(self) {
+        let Checkout { sender, pool } = self;
+        if sender.is_closed() {
+            return;
+        }
+        if let Kind::Http1(idle) = &pool.kind {
+            idle.lock().unwrap_or_else(|e| e.into_inner()).push(sender);
+        }
+    }
+}
+
+/// A deadline for the rest of the response (the route timeout), or `None`.
+pub type Deadline = Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
+/// The upstream response body: returns the connection to the pool at its end and resets the
+/// stream when the route timeout fires mid-body.
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkout: Option<Checkout>,
+    deadline: Deadline,
+    timeout_stat: Option<Counter>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    /// Wraps an upstream response body.
+    pub fn new(inner: Incoming, checkout: Option<Checkout>, deadline: Deadline, timeout_stat: Counter) -> Self {
+        UpstreamBody { inner, checkout, deadline, timeout_stat: Some(timeout_stat) }
+    }
+}
+
+/// The error a body yields when the route timeout fires after the response started.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream request timeout")]
+pub struct ResponseTimeout;
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(d) = this.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                this.deadline = None;
+                this.checkout = None;
+                if let Some(c) = this.timeout_stat.take() {
+                    c.inc();
+                }
+                return Poll::Ready(Some(Err(Box::new(ResponseTimeout))));
+            }
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.deadline = None;
+                if let Some(c) = this.checkout.take() {
+                    c.release();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.checkout = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                if this.inner.is_end_stream() {
+                    this.deadline = None;
+                    if let Some(c) = this.checkout.take() {
+                        c.release();
+                    }
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
