@@ -3,7 +3,7 @@
 use crate::{Headers, HttpContext, HttpProcessor, Reply};
 
 /// Header name set on both paths.
-pub const HEADER: &str = "x-ext-proc-header";
+pub(crate) const HEADER: &str = "x-ext-proc-header";
 
 /// Adds `x-ext-proc-header: hello-to-asm` to requests and `x-ext-proc-header: hello-from-asm`
 /// to responses (the processor from Alibaba Cloud ASM's ext_proc guide).

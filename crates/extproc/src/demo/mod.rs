@@ -18,4 +18,4 @@ pub use add_headers::AddHeaders;
 pub use auth_gate::AuthGate;
 pub use redact_body::{mask_card_numbers, RedactBody};
 pub use streaming_upper::StreamingUpper;
-pub use tcp_inspect::TcpInspect;
+pub use tcp_inspect::{TcpInspect, MAX_FIRST_LINE};

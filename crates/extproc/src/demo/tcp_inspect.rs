@@ -9,6 +9,9 @@ use crate::{Chunk, NetworkContext, NetworkProcessor, NetworkReply};
 /// Bytes held at most while waiting for the first line; a longer first line is judged as is.
 pub const MAX_FIRST_LINE: usize = 4096;
 
+/// A deny rule over the first line.
+type DenyRule = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
 /// Judges the first line of what a client sends: if `deny(line)` is true the connection is
 /// reset (`CLOSE_RST`) and nothing reaches the upstream; otherwise all bytes pass unmodified.
 ///
@@ -26,7 +29,7 @@ pub const MAX_FIRST_LINE: usize = 4096;
 #[derive(Clone)]
 pub struct TcpInspect {
     /// The deny rule, shared by all connections.
-    deny: Arc<dyn Fn(&[u8]) -> bool + Send + Sync>,
+    deny: DenyRule,
     /// Client bytes held until the first line is complete.
     held: BytesMut,
     /// The first line has been judged (and allowed).
