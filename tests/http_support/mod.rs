@@ -365,3 +365,10 @@ fn list_diff(out: &mut String, what: &str, a: &[(String, String)], b: &[(String,
         *out += &format!("  {what} only from extproxy: {}: {}\n", x.0, x.1);
     }
 }
+
+/// Adds lines to the HCM config of a `basic.yaml`-shaped bootstrap (after `stat_prefix`).
+pub fn with_hcm_options(yaml: &str, lines: &[&str]) -> String {
+    let indent = "\n          ";
+    let extra: String = lines.iter().map(|l| format!("{indent}{l}")).collect();
+    yaml.replacen("stat_prefix: ingress_http", &format!("stat_prefix: ingress_http{extra}"), 1)
+}

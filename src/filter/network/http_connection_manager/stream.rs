@@ -183,12 +183,12 @@ pub(super) async fn handle(req: Request<Incoming>, conn: Arc<ConnShared>) -> Res
     let mut watch = watch(cx.abort.clone(), activity.clone(), idle, f.request_timeout, f.clone());
     let mut filters: Vec<StreamFilter> = f.filters.iter().map(|h| h.new_stream()).collect();
     let mut current = entry.clone();
-    let resp = {
+    let (resp, watch) = {
         let head = run_head(req, &mut filters, &mut cx, &mut current, &f);
         tokio::select! {
-            r = head => r,
+            r = head => (r, Some(watch)),
             a = watch.as_mut() => match a {
-                Abort::LocalReply(lr) => local_reply::render(lr, entry.as_deref(), is_grpc),
+                Abort::LocalReply(lr) => (local_reply::render(lr, current.as_deref(), is_grpc), None),
                 Abort::Reset(why) => {
                     f.stats.downstream_rq_tx_reset.inc();
                     return Err(why.into());
@@ -197,7 +197,7 @@ pub(super) async fn handle(req: Request<Incoming>, conn: Arc<ConnShared>) -> Res
         }
     };
     let keep = Box::new((filters, cx));
-    Ok(finish(resp, &conn, request_id, false, guard, Some(watch), activity, Some(keep)))
+    Ok(finish(resp, &conn, request_id, false, guard, watch, activity, Some(keep)))
 }
 
 /// Checks and normalises the request head (see the contract in `filter::http`). A failure is a
