@@ -3,60 +3,20 @@
 //! Envoy is installed by `testenv` when missing; if that fails these tests fail loudly (they are
 //! never skipped). Configs live in `tests/envoy/*.yaml`.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::{http_setup, spawn_processor, BOTH};
 use extproc::demo::{AddHeaders, AuthGate, RedactBody, StreamingUpper, TcpInspect};
 use extproc::{Server, ServerHandle};
 use testenv::{
-    echo_http_upstream, render, tcp_echo_upstream, tcp_recording_upstream, CloseKind,
-    EchoHttpUpstream, HttpVersion, ProxyProcess, TestRequest,
+    render, tcp_echo_upstream, tcp_recording_upstream, CloseKind, HttpVersion, ProxyProcess,
+    TestRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-const BOTH: [HttpVersion; 2] = [HttpVersion::Http1, HttpVersion::Http2];
-
-/// A processor served in-process, an echo upstream and Envoy in front of both.
-struct HttpSetup {
-    /// Keeps the processor serving.
-    proc: ServerHandle,
-    /// What the upstream saw.
-    upstream: EchoHttpUpstream,
-    /// Envoy (killed on drop).
-    envoy: ProxyProcess,
-    /// Envoy's HTTP listener.
-    addr: SocketAddr,
-}
-
-async fn spawn_processor(server: Server) -> ServerHandle {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind processor");
-    server.spawn(listener).expect("spawn processor")
-}
-
-async fn http_setup(server: Server, template: &str, vars: &[(&str, &str)]) -> HttpSetup {
-    let proc = spawn_processor(server).await;
-    let upstream = echo_http_upstream().await;
-    let proc_port = proc.addr().port().to_string();
-    let up_port = upstream.addr().port().to_string();
-    let mut all = vec![
-        ("PROC_PORT", proc_port.as_str()),
-        ("UPSTREAM_PORT", up_port.as_str()),
-    ];
-    all.extend_from_slice(vars);
-    let envoy = ProxyProcess::envoy(&render(template, &all))
-        .await
-        .expect("envoy starts");
-    let addr = envoy.listener_addr("ingress").await;
-    HttpSetup {
-        proc,
-        upstream,
-        envoy,
-        addr,
-    }
-}
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn add_headers_on_both_paths_http1_and_http2() {
