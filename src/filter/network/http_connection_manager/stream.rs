@@ -325,6 +325,8 @@ fn finish(
             headers.insert("x-request-id", id);
         }
     }
+    // Envoy closes an HTTP/1.1 connection whose response starts before the request ended.
+    let close = close || !activity.request_done.load(Ordering::Acquire);
     if close && !conn.is_h2 {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
