@@ -83,14 +83,26 @@ pub fn to_proto(head: &Head, rules: &ForwardRules) -> core::HeaderMap {
     let mut skip_host = false;
     match head {
         Head::Request(p) => {
-            if let Some(a) = authority(p) {
-                push(&mut out, rules, ":authority", a.as_bytes());
-                skip_host = true;
-            }
+            let auth = authority(p);
+            skip_host = auth.is_some();
             let path = p.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-            push(&mut out, rules, ":path", path.as_bytes());
-            push(&mut out, rules, ":method", p.method.as_str().as_bytes());
-            push(&mut out, rules, ":scheme", p.uri.scheme_str().unwrap_or("http").as_bytes());
+            let scheme = p.uri.scheme_str().unwrap_or("http");
+            // Envoy's codecs produce different pseudo-header orders; keep them.
+            if p.version == http::Version::HTTP_2 {
+                push(&mut out, rules, ":method", p.method.as_str().as_bytes());
+                push(&mut out, rules, ":scheme", scheme.as_bytes());
+                if let Some(a) = &auth {
+                    push(&mut out, rules, ":authority", a.as_bytes());
+                }
+                push(&mut out, rules, ":path", path.as_bytes());
+            } else {
+                if let Some(a) = &auth {
+                    push(&mut out, rules, ":authority", a.as_bytes());
+                }
+                push(&mut out, rules, ":path", path.as_bytes());
+                push(&mut out, rules, ":method", p.method.as_str().as_bytes());
+                push(&mut out, rules, ":scheme", scheme.as_bytes());
+            }
         }
         Head::Response(p) => push(&mut out, rules, ":status", p.status.as_str().as_bytes()),
     }

@@ -480,6 +480,7 @@ impl Core {
     fn should_strip_cl(&self, d: Dir) -> bool {
         let m = self.mode(d);
         !self.policy.allow_content_length_header
+            && !self.policy.observability_mode
             && match m.body {
                 BodyMode::Streamed | BodyMode::BufferedPartial | BodyMode::FullDuplex => true,
                 BodyMode::Buffered => !m.send_headers,
@@ -719,10 +720,9 @@ impl Core {
             }
             return;
         }
-        if self.should_strip_cl(d) {
-            head.headers_mut().remove(http::header::CONTENT_LENGTH);
-        }
         let m = self.mode(d);
+        // The processor still sees `content-length`; it is removed from what is forwarded.
+        let strip = self.should_strip_cl(d);
         if self.policy.observability_mode {
             if m.send_headers {
                 let msg = self.headers_msg(d, &head, eos);
@@ -735,6 +735,9 @@ impl Core {
             return;
         }
         if !m.send_headers {
+            if strip {
+                head.headers_mut().remove(http::header::CONTENT_LENGTH);
+            }
             self.out.push_back(Action::Headers(d, head, eos));
             if eos {
                 self.emit_end(d);
@@ -743,6 +746,9 @@ impl Core {
             return;
         }
         let msg = self.headers_msg(d, &head, eos);
+        if strip {
+            head.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
         let ds = self.ds(d);
         ds.head = Some(head);
         ds.cb = Callback::Headers;
@@ -1135,7 +1141,13 @@ impl Core {
             return Err(Failure::Spurious("spurious message"));
         }
         self.stop_timer(d);
-        self.ds(d).cb = Callback::Idle;
+        // STREAMED with send_body_without_waiting_for_header_response: chunks already sent
+        // now await their replies.
+        let ds = self.ds(d);
+        ds.cb = if ds.inflight.is_empty() { Callback::Idle } else { Callback::StreamedBody };
+        if ds.cb == Callback::StreamedBody {
+            self.start_timer(d);
+        }
         let replace = common.status == pb::common_response::ResponseStatus::ContinueAndReplace as i32;
         let strip = self.should_strip_cl(d);
         let has_mutation = common.header_mutation.is_some();
@@ -1174,7 +1186,9 @@ impl Core {
                 }
                 None => self.ds(d).passthrough = true,
             }
-        } else if self.mode(d).body == BodyMode::FullDuplex {
+        } else if !matches!(self.mode(d).body, BodyMode::Buffered | BodyMode::BufferedPartial) {
+            // The headers go on now; body replies (STREAMED chunks sent early, FULL_DUPLEX
+            // responses) may follow right away.
             self.emit_head(d);
         }
         Ok(())
@@ -1369,8 +1383,13 @@ impl Core {
             return;
         }
         self.stats().streams_failed.inc();
+        // Envoy 1.40 counts the remote close on errors too, twice on the fail-open path where
+        // it also closes the stream (quirk H15).
+        self.stats().server_half_closed.inc();
         self.closed = true;
         if self.fail_open && !self.fd_seen {
+            self.stats().server_half_closed.inc();
+            self.stats().streams_closed.inc();
             self.stats().failure_mode_allowed.inc();
             self.finish_processing();
         } else {

@@ -214,13 +214,19 @@ fn streamed_fifo_with_trailing_empty_eos() {
 }
 
 #[test]
-fn streamed_strips_content_length_before_sending() {
+fn streamed_strips_content_length_after_sending() {
     let mut t = t(mode(BodyMode::Streamed, BodyMode::None), |_| {});
     t.core.on_headers(Dir::Request, req_head(Some(6)), false);
     let Some(Action::Send(m)) = t.core.poll_action() else { panic!() };
     let Some(Req::RequestHeaders(h)) = m.request else { panic!() };
-    assert!(!h.headers.unwrap().headers.iter().any(|h| h.key == "content-length"));
+    assert!(h.headers.unwrap().headers.iter().any(|h| h.key == "content-length"), "the processor sees it");
     assert!(m.protocol_config.is_some(), "protocol_config on the first message");
+    t.core.on_response(rh());
+    let head = std::iter::from_fn(|| t.core.poll_action()).find_map(|a| match a {
+        Action::Headers(_, h, _) => Some(h),
+        _ => None,
+    });
+    assert!(head.unwrap().content_length().is_none(), "forwarded without content-length");
 }
 
 #[test]
