@@ -164,7 +164,7 @@ mod tests {
         ex.request_headers(&[(":method", "POST"), ("content-length", &len)])
             .send()
             .await;
-        let r = ex.request_body(body, true).await;
+        let r = ex.buffered_request_body(body).await;
         assert_eq!(r.body(), Some(&b"card=****1111"[..]));
         assert_eq!(r.header("content-length").as_deref(), Some("13"));
         assert_eq!(
@@ -175,7 +175,7 @@ mod tests {
 
         // Chunked response (no content-length): the body is masked, no length is invented.
         ex.response_headers(&[(":status", "200")]).send().await;
-        let r = ex.response_body("x 5500000000000004", true).await;
+        let r = ex.buffered_response_body("x 5500000000000004").await;
         assert_eq!(r.body(), Some(&b"x ****0004"[..]));
         assert_eq!(r.header("content-length"), None);
     }

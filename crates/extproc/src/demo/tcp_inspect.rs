@@ -111,7 +111,7 @@ mod tests {
             b"EVIL later is fine"
         );
         assert_eq!(c.write("server bytes", false).await.data(), b"server bytes");
-        let fin = c.read("", true).await;
+        let fin = c.read_fin().await;
         assert!(fin.end_of_stream());
         assert_eq!(fin.data(), b"");
     }

@@ -20,7 +20,7 @@ use std::future::{ready, Future};
 use bytes::Bytes;
 
 pub(crate) use driver::drive;
-pub use state::NetworkState;
+pub(crate) use state::NetworkState;
 
 use crate::error::Error;
 use crate::metadata::{put, IntoValue};

@@ -11,7 +11,7 @@ use crate::pb::envoy::service::network_ext_proc::v3::{
 
 /// Per-connection protocol state: which paths have ended, and whether processing is over.
 #[derive(Debug, Default, Clone)]
-pub struct NetworkState {
+pub(crate) struct NetworkState {
     /// Read path half-closed.
     read_done: bool,
     /// Write path half-closed.

@@ -109,7 +109,19 @@ impl HttpExchange {
             .await
     }
 
-    /// STREAMED request body as Envoy sends it: each chunk with `end_of_stream: false`, then an
+    /// BUFFERED (or BUFFERED_PARTIAL) request body as Envoy sends it: the whole body in one
+    /// message, `end_of_stream: true` (use [`HttpExchange::request_body`] with `false` when
+    /// trailers follow).
+    pub async fn buffered_request_body(&mut self, body: impl AsRef<[u8]>) -> Replies {
+        self.request_body(body, true).await
+    }
+
+    /// BUFFERED response body, as [`HttpExchange::buffered_request_body`].
+    pub async fn buffered_response_body(&mut self, body: impl AsRef<[u8]>) -> Replies {
+        self.response_body(body, true).await
+    }
+
+    /// STREAMED (and FULL_DUPLEX_STREAMED) request body as Envoy sends it: each chunk with `end_of_stream: false`, then an
     /// empty message with `end_of_stream: true`. One [`Replies`] per message.
     pub async fn streamed_request_body(&mut self, chunks: &[&str]) -> Vec<Replies> {
         let mut out = Vec::new();
@@ -120,7 +132,8 @@ impl HttpExchange {
         out
     }
 
-    /// STREAMED response body, as [`HttpExchange::streamed_request_body`].
+    /// STREAMED (and FULL_DUPLEX_STREAMED) response body, as
+    /// [`HttpExchange::streamed_request_body`].
     pub async fn streamed_response_body(&mut self, chunks: &[&str]) -> Vec<Replies> {
         let mut out = Vec::new();
         for c in chunks {

@@ -68,6 +68,16 @@ impl NetworkExchange {
         .await
     }
 
+    /// The client half-closes: a bare FIN, `read_data{data: "", end_of_stream: true}`.
+    pub async fn read_fin(&mut self) -> NetworkReplies {
+        self.read("", true).await
+    }
+
+    /// The upstream half-closes: `write_data{data: "", end_of_stream: true}`.
+    pub async fn write_fin(&mut self) -> NetworkReplies {
+        self.write("", true).await
+    }
+
     /// Sends any request as is — for malformed-input tests.
     pub async fn send_raw(&mut self, req: ProcessingRequest) -> NetworkReplies {
         let (responses, status) = self.harness.exchange(Ok(req)).await;
