@@ -227,7 +227,7 @@ impl HttpProcessor for Slow {
                 .await
                 .expect("sent");
         }
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(2000)).await;
         Reply::new().set_header("x-slow", "done")
     }
 }
@@ -237,7 +237,7 @@ async fn override_message_timeout_extends_envoys_timer() {
     let s = generic_setup(
         Server::new().http(Slow::default),
         &[
-            "message_timeout: 0.5s",
+            "message_timeout: 1s",
             "max_message_timeout: 20s",
             "processing_mode: {response_header_mode: SKIP}",
         ],
