@@ -65,6 +65,8 @@ pub struct Processor {
     scripts: Arc<Mutex<HashMap<String, Script>>>,
     /// Every stream seen.
     pub log: Arc<Mutex<Vec<StreamLog>>>,
+    /// Connections accepted (TCP or Unix).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -177,6 +179,13 @@ impl Processor {
         S: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
     {
+        use tokio_stream::StreamExt;
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let incoming = incoming.map(move |c| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            c
+        });
         let scripts = Arc::new(Mutex::new(HashMap::new()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let svc = Svc { scripts: scripts.clone(), log: log.clone() };
@@ -186,7 +195,7 @@ impl Processor {
                 .serve_with_incoming(incoming)
                 .await;
         });
-        Processor { addr, scripts, log }
+        Processor { addr, scripts, log, connections }
     }
 
     /// Registers a scenario.

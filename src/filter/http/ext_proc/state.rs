@@ -1018,6 +1018,8 @@ impl Core {
             self.maybe_override(mo);
         }
         let metadata = resp.dynamic_metadata;
+        // Metadata must be in place before the headers it comes with are forwarded.
+        let mark = self.out.len();
         let outcome = match r {
             Resp::RequestHeaders(h) => self.on_headers_reply(Dir::Request, h.response.unwrap_or_default()),
             Resp::ResponseHeaders(h) => self.on_headers_reply(Dir::Response, h.response.unwrap_or_default()),
@@ -1040,7 +1042,9 @@ impl Core {
         match outcome {
             Ok(()) => {
                 self.stats().stream_msgs_received.inc();
+                let tail: Vec<Action> = self.out.drain(mark..).collect();
                 self.apply_metadata(metadata);
+                self.out.extend(tail);
                 self.advance(Dir::Request);
                 self.advance(Dir::Response);
                 self.may_close_early();

@@ -1,0 +1,354 @@
+//! End-to-end tests of `envoy.filters.http.ext_proc` through the extproxy binary: listener →
+//! HCM → ext_proc filter(s) → router → echo upstream, over HTTP/1.1 and HTTP/2, for what the
+//! differential tests cannot show (extproxy-only behaviour, several filters, side-stream
+//! connection sharing, Unix sockets, large bodies, bad processors).
+
+mod ext_proc_support;
+
+use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use ext_proc_support::*;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use testenv::{echo_http_upstream, EchoHttpUpstream, HttpVersion, ProxyProcess, TestRequest};
+
+const VERSIONS: [HttpVersion; 2] = [HttpVersion::Http1, HttpVersion::Http2];
+
+fn ext_proc(scenario: &str, extra: Value) -> Value {
+    let mut f = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "proc"}, "initial_metadata": [{"key": "x-scenario", "value": scenario}]},
+        "message_timeout": "2s",
+    });
+    if let (Some(f), Value::Object(extra)) = (f.as_object_mut(), extra) {
+        f.extend(extra);
+    }
+    json!({"name": "envoy.filters.http.ext_proc", "typed_config": f})
+}
+
+fn proc_address(p: &Processor, unix: Option<&std::path::Path>) -> Value {
+    match unix {
+        Some(path) => json!({"pipe": {"path": path.display().to_string()}}),
+        None => json!({"socket_address": {"address": "127.0.0.1", "port_value": p.addr.port()}}),
+    }
+}
+
+fn bootstrap(filters: Vec<Value>, routes: Value, up: &EchoHttpUpstream, proc_addr: Value) -> String {
+    let mut http_filters = filters;
+    // Several ext_proc filters need distinct names.
+    for (i, f) in http_filters.iter_mut().enumerate() {
+        if i > 0 {
+            f["name"] = json!(format!("ext_proc_{i}"));
+        }
+    }
+    http_filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let v = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": [
+                {"name": "upstream", "type": "STATIC", "connect_timeout": "2s", "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": up.addr().port()}}}}]}]}},
+                {"name": "proc", "type": "STATIC", "connect_timeout": "2s",
+                 "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "explicit_http_config": {"http2_protocol_options": {}}}},
+                 "load_assignment": {"cluster_name": "proc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": proc_addr}}]}]}},
+            ],
+        },
+    });
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+fn default_routes() -> Value {
+    json!([{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}])
+}
+
+async fn extproxy(yaml: &str) -> ProxyProcess {
+    ProxyProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")), yaml, &[]).await.expect("extproxy starts")
+}
+
+fn tag(name: &'static str, value: &'static str) -> impl Fn(&mut Ctx, &pb::ProcessingRequest) -> Vec<Step> {
+    move |_, r| {
+        let common = pb::CommonResponse { header_mutation: Some(mutation(&[(name, value)], &[])), ..Default::default() };
+        vec![Step::Send(with_common(r, common, None))]
+    }
+}
+
+#[tokio::test]
+async fn two_filters_each_with_its_side_stream_and_stats() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    p.script("first", tag("x-first", "1"));
+    p.script("second", tag("x-second", "2"));
+    let yaml = bootstrap(
+        vec![ext_proc("first", json!({"stat_prefix": "a"})), ext_proc("second", json!({"stat_prefix": "b"}))],
+        default_routes(),
+        &up,
+        proc_address(&p, None),
+    );
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    for v in VERSIONS {
+        let resp = TestRequest::post("/x", "body").header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "body");
+        assert_eq!(resp.header("x-first"), Some("1"));
+        assert_eq!(resp.header("x-second"), Some("2"));
+        let seen = up.last_request();
+        assert_eq!(seen.header("x-first"), Some("1"));
+        assert_eq!(seen.header("x-second"), Some("2"));
+    }
+    // The second filter saw the first one's mutation on the request path; on the response path
+    // the order is reversed.
+    let second = &p.streams("second")[0];
+    assert!(header(&second.messages[0], "x-first").is_some());
+    let first = &p.streams("first")[0];
+    assert!(header(&first.messages[1], "x-second").is_some());
+    for prefix in ["a", "b"] {
+        proxy.wait_counter(&format!("http.ingress.ext_proc.{prefix}.streams_closed"), 2, Duration::from_secs(5)).await;
+        assert_eq!(proxy.counter(&format!("http.ingress.ext_proc.{prefix}.stream_msgs_sent")).await, 4);
+        assert_eq!(proxy.counter(&format!("http.ingress.ext_proc.{prefix}.streams_started")).await, 2);
+    }
+}
+
+#[tokio::test]
+async fn side_streams_share_pooled_connections() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    p.script("shared", |_, r| vec![Step::Sleep(Duration::from_millis(50)), Step::Send(continue_for(r))]);
+    let yaml = bootstrap(vec![ext_proc("shared", json!({}))], default_routes(), &up, proc_address(&p, None));
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let v = VERSIONS[i % 2];
+        tasks.push(tokio::spawn(async move { TestRequest::get("/s").header("x-echo-mode", "raw").send(addr, v).await.map(|r| r.status) }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(p.streams("shared").len(), 40);
+    let conns = p.connections.load(Ordering::SeqCst);
+    assert!(conns <= 4, "40 concurrent side streams used {conns} connections");
+}
+
+#[tokio::test]
+async fn processor_on_a_unix_socket() {
+    let up = echo_http_upstream().await;
+    let dir = testenv::TempDir::new("xp-http-ext-proc").unwrap();
+    let path = dir.join("proc.sock");
+    let p = Processor::start_unix(&path).await;
+    p.script("unix", tag("x-via", "unix"));
+    let yaml = bootstrap(vec![ext_proc("unix", json!({}))], default_routes(), &up, proc_address(&p, Some(&path)));
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    for v in VERSIONS {
+        let resp = TestRequest::get("/u").header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-via"), Some("unix"));
+        assert_eq!(up.last_request().header("x-via"), Some("unix"));
+    }
+}
+
+#[tokio::test]
+async fn large_streamed_bodies_both_ways_are_intact() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    p.script("big", |_, r| match body_of(r) {
+        Some((b, _)) => {
+            let common = pb::CommonResponse { body_mutation: Some(pb::BodyMutation { mutation: Some(pb::body_mutation::Mutation::Body(upper(b))) }), ..Default::default() };
+            vec![Step::Send(with_common(r, common, None))]
+        }
+        None => vec![Step::Send(continue_for(r))],
+    });
+    let yaml = bootstrap(
+        vec![ext_proc("big", json!({"processing_mode": {"request_body_mode": "STREAMED", "response_body_mode": "STREAMED"}}))],
+        default_routes(),
+        &up,
+        proc_address(&p, None),
+    );
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    let body: String = (0..(1 << 20)).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    for v in VERSIONS {
+        let resp = TestRequest::post("/big", body.clone()).header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+        assert_eq!(resp.status, 200);
+        // Upper-cased on the way in, upper-cased (no-op) on the way out.
+        assert_eq!(resp.body.len(), body.len());
+        assert_eq!(resp.text(), body.to_ascii_uppercase());
+        let seen = up.last_request();
+        assert_eq!(seen.body.len(), body.len());
+        assert!(seen.header("content-length").is_none(), "STREAMED strips content-length");
+    }
+}
+
+#[tokio::test]
+async fn crlf_in_a_mutation_is_rejected_counted_and_never_forwarded() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    p.script("crlf", |_, r| {
+        let m = mutation(&[("x-evil", "a\r\nx-smuggled: 1")], &[]);
+        vec![Step::Send(with_common(r, pb::CommonResponse { header_mutation: Some(m), ..Default::default() }, None))]
+    });
+    p.script("nul", |_, r| {
+        let m = mutation(&[("x-nul\0", "v")], &[]);
+        vec![Step::Send(with_common(r, pb::CommonResponse { header_mutation: Some(m), ..Default::default() }, None))]
+    });
+    for scenario in ["crlf", "nul"] {
+        let yaml = bootstrap(vec![ext_proc(scenario, json!({}))], default_routes(), &up, proc_address(&p, None));
+        let proxy = extproxy(&yaml).await;
+        let addr = proxy.listener_addr("ingress").await;
+        let before = up.requests().len();
+        for v in VERSIONS {
+            let resp = TestRequest::get("/c").send(addr, v).await.unwrap();
+            assert_eq!(resp.status, 500);
+            assert!(resp.header("x-smuggled").is_none());
+        }
+        assert_eq!(up.requests().len(), before, "nothing reached the upstream");
+        assert_eq!(proxy.counter("http.ingress.ext_proc.rejected_header_mutations").await, 2);
+    }
+}
+
+#[tokio::test]
+async fn processor_down_fails_closed_or_open() {
+    let up = echo_http_upstream().await;
+    // A port with nothing listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let addr_v = json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    for (open, status) in [(false, 500), (true, 200)] {
+        let yaml = bootstrap(vec![ext_proc("down", json!({"failure_mode_allow": open}))], default_routes(), &up, addr_v.clone());
+        let proxy = extproxy(&yaml).await;
+        let addr = proxy.listener_addr("ingress").await;
+        for v in VERSIONS {
+            let resp = TestRequest::get("/d").header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+            assert_eq!(resp.status, status, "failure_mode_allow: {open}");
+        }
+        assert_eq!(proxy.counter("http.ingress.ext_proc.streams_failed").await, 2);
+    }
+}
+
+#[tokio::test]
+async fn dynamic_metadata_flows_from_one_filter_to_the_next() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    p.script("writer", |_, r| {
+        let mut resp = continue_for(r);
+        let inner = envoy_types::pb::google::protobuf::Struct {
+            fields: [("user".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("alice".into())) })].into_iter().collect(),
+        };
+        let ns = |s: envoy_types::pb::google::protobuf::Struct| envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(s)) };
+        resp.dynamic_metadata = Some(envoy_types::pb::google::protobuf::Struct {
+            fields: [("auth".to_string(), ns(inner.clone())), ("ignored".to_string(), ns(inner))].into_iter().collect(),
+        });
+        vec![Step::Send(resp)]
+    });
+    p.script("reader", |_, r| vec![Step::Send(continue_for(r))]);
+    let yaml = bootstrap(
+        vec![
+            ext_proc("writer", json!({"metadata_options": {"receiving_namespaces": {"untyped": ["auth"]}}, "processing_mode": {"response_header_mode": "SKIP"}})),
+            ext_proc("reader", json!({"metadata_options": {"forwarding_namespaces": {"untyped": ["auth", "ignored", "absent"]}}, "processing_mode": {"response_header_mode": "SKIP"}})),
+        ],
+        default_routes(),
+        &up,
+        proc_address(&p, None),
+    );
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    let resp = TestRequest::get("/m").header("x-echo-mode", "raw").send(addr, HttpVersion::Http1).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let md = p.streams("reader")[0].messages[0].metadata_context.clone().unwrap();
+    let keys: Vec<_> = md.filter_metadata.keys().cloned().collect();
+    assert_eq!(keys, ["auth"], "only received namespaces are written; absent ones are omitted");
+}
+
+#[tokio::test]
+async fn per_route_grpc_initial_metadata_selects_the_processor_behaviour() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    p.script("base", tag("x-which", "base"));
+    p.script("routed", tag("x-which", "routed"));
+    let per_route = json!({"envoy.filters.http.ext_proc": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+        "overrides": {"grpc_initial_metadata": [{"key": "x-scenario", "value": "routed"}, {"key": "x-extra", "value": "1"}]}
+    }});
+    let routes = json!([
+        {"match": {"prefix": "/routed"}, "route": {"cluster": "upstream"}, "typed_per_filter_config": per_route},
+        {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}},
+    ]);
+    let yaml = bootstrap(vec![ext_proc("base", json!({}))], routes, &up, proc_address(&p, None));
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    for v in VERSIONS {
+        let a = TestRequest::get("/routed/x").send(addr, v).await.unwrap();
+        assert_eq!(a.header("x-which"), Some("routed"));
+        let b = TestRequest::get("/other").send(addr, v).await.unwrap();
+        assert_eq!(b.header("x-which"), Some("base"));
+    }
+    let routed = &p.streams("routed")[0];
+    assert!(routed.metadata.iter().any(|(k, v)| k == "x-extra" && v == "1"));
+}
+
+#[tokio::test]
+async fn full_duplex_both_directions() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    p.script("fd", |_, r| match body_of(r) {
+        Some((b, eos)) => vec![Step::Send(streamed(r, &upper(b), false)), Step::Send(streamed(r, b"|", eos))],
+        None if kind(r) == "rt" || kind(r) == "st" => vec![Step::Send(continue_for(r))],
+        None => vec![Step::Send(continue_for(r))],
+    });
+    let yaml = bootstrap(
+        vec![ext_proc(
+            "fd",
+            json!({"processing_mode": {"request_body_mode": "FULL_DUPLEX_STREAMED", "request_trailer_mode": "SEND", "response_body_mode": "FULL_DUPLEX_STREAMED", "response_trailer_mode": "SEND"}}),
+        )],
+        default_routes(),
+        &up,
+        proc_address(&p, None),
+    );
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    for v in VERSIONS {
+        let resp = TestRequest::post("/fd", "")
+            .chunked(&["ab", "cd"], Duration::from_millis(20))
+            .header("x-echo-mode", "raw")
+            .send(addr, v)
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        let seen = up.last_request();
+        let up_body = String::from_utf8_lossy(&seen.body).into_owned();
+        assert_eq!(up_body.replace('|', ""), "ABCD", "{up_body}");
+        assert!(resp.text().replace('|', "").starts_with("ABCD"), "{}", resp.text());
+    }
+}
+
+#[tokio::test]
+async fn slow_processor_times_out_with_504_and_late_replies_are_ignored() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    p.script("slow", |_, r| vec![Step::Sleep(Duration::from_millis(400)), Step::Send(continue_for(r)), Step::Send(continue_for(r))]);
+    let yaml = bootstrap(vec![ext_proc("slow", json!({"message_timeout": "0.1s"}))], default_routes(), &up, proc_address(&p, None));
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    for v in VERSIONS {
+        let resp = TestRequest::get("/slow").send(addr, v).await.unwrap();
+        assert_eq!(resp.status, 504);
+        assert!(resp.body.is_empty());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proxy.counter("http.ingress.ext_proc.message_timeouts").await, 2);
+    assert_eq!(proxy.counter("http.ingress.ext_proc.spurious_msgs_received").await, 0);
+}
