@@ -1,5 +1,6 @@
 //! Malformed and abusive HTTP input: Envoy's 400 / 431 / 408 answers, and nothing reaches the
 //! upstream.
+#![allow(clippy::unwrap_used)]
 
 mod http_support;
 

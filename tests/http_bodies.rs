@@ -1,4 +1,5 @@
 //! Bodies, trailers and connection reuse through the HCM and the router's pools.
+#![allow(clippy::unwrap_used)]
 
 mod http_support;
 

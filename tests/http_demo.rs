@@ -1,5 +1,6 @@
 //! `extproxy demo` in-process on port-0 addresses: the processor's headers reach the upstream
 //! and the client.
+#![allow(clippy::unwrap_used)]
 
 use extproxy::demo::Demo;
 

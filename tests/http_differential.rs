@@ -1,6 +1,7 @@
 //! Differential tests: the same bootstrap (`tests/http/basic.yaml`) and the same requests
 //! through real Envoy 1.40 and through the extproxy binary; the normalised observations
 //! (status, response headers and body, what the upstream received) must be equal.
+#![allow(clippy::unwrap_used)]
 
 mod http_support;
 

@@ -1,4 +1,5 @@
 //! The HCM and router over real sockets: routing, header handling and Envoy's local replies.
+#![allow(clippy::unwrap_used)]
 
 mod http_support;
 
@@ -50,7 +51,8 @@ async fn proxies_with_envoys_request_and_response_headers() {
 #[tokio::test]
 async fn routes_by_path_regex_headers_and_domain() {
     let (ups, proxy) = setup().await;
-    let cases: &[(&str, &str, &[(&str, &str)], Option<&str>)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: &[Case] = &[
         ("example.com", "/exact", &[], Some("exact")),
         ("example.com", "/exact/more", &[], None),
         ("example.com", "/re/42", &[], Some("regex")),

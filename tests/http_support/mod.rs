@@ -3,7 +3,7 @@
 //! [`Observation`], [`assert_same`]) that runs the same request through Envoy and extproxy.
 //!
 //! Reusable from other test files with `#[path = "http_support/mod.rs"] mod http_support;`.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -191,7 +191,7 @@ pub fn http_date(t: std::time::SystemTime) -> String {
 pub fn date_header() -> HeaderValue {
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
-            std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("")));
+            const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
     let now = std::time::SystemTime::now();
     let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -207,6 +207,7 @@ pub fn date_header() -> HeaderValue {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -73,6 +73,7 @@ pub fn render(reply: LocalReply, route: Option<&RouteEntry>, is_grpc: bool) -> R
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;

@@ -502,8 +502,8 @@ impl RouteTable {
             }
             table.vhosts.push(VirtualHost { routes: entries });
         }
-        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         table.suffixes = suffixes;
         table.prefixes = prefixes;
         Ok(table)
@@ -629,6 +629,7 @@ fn build_route(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -157,7 +157,8 @@ pub(super) async fn handle(req: Request<Incoming>, conn: Arc<ConnShared>) -> Res
     };
     let parts = match prepare(parts, &conn) {
         Ok(p) => p,
-        Err((reply, close)) => {
+        Err(failed) => {
+            let (reply, close) = *failed;
             let resp = local_reply::render(reply, None, is_grpc);
             return Ok(finish(resp, &conn, None, close, guard, None, activity, None));
         }
@@ -202,32 +203,32 @@ pub(super) async fn handle(req: Request<Incoming>, conn: Arc<ConnShared>) -> Res
 
 /// Checks and normalises the request head (see the contract in `filter::http`). A failure is a
 /// local reply, and whether the connection must close.
-fn prepare(mut parts: http::request::Parts, conn: &ConnShared) -> Result<http::request::Parts, (LocalReply, bool)> {
+fn prepare(mut parts: http::request::Parts, conn: &ConnShared) -> Result<http::request::Parts, Box<(LocalReply, bool)>> {
     let f = &conn.filter;
     if !conn.is_h2 && parts.version < Version::HTTP_11 {
-        return Err((LocalReply::new(StatusCode::UPGRADE_REQUIRED, "Upgrade Required", "low_version"), true));
+        return Err(Box::new((LocalReply::new(StatusCode::UPGRADE_REQUIRED, "Upgrade Required", "low_version"), true)));
     }
     if parts.headers.len() > f.max_headers_count {
-        return Err((LocalReply::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request Header Fields Too Large", "too_many_headers"), true));
+        return Err(Box::new((LocalReply::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request Header Fields Too Large", "too_many_headers"), true)));
     }
     if parts.method == http::Method::CONNECT {
-        return Err((LocalReply::new(StatusCode::NOT_FOUND, Bytes::new(), "route_not_found"), true));
+        return Err(Box::new((LocalReply::new(StatusCode::NOT_FOUND, Bytes::new(), "route_not_found"), true)));
     }
     let authority = match parts.uri.authority() {
         Some(a) => a.as_str().to_string(),
         None => parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string(),
     };
     if authority.is_empty() {
-        return Err((LocalReply::new(StatusCode::BAD_REQUEST, Bytes::new(), "missing_host_header"), true));
+        return Err(Box::new((LocalReply::new(StatusCode::BAD_REQUEST, Bytes::new(), "missing_host_header"), true)));
     }
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
     if !pq.starts_with('/') && pq != "*" {
-        return Err((LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "http1.codec_error"), true));
+        return Err(Box::new((LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "http1.codec_error"), true)));
     }
     let uri = Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(pq).build();
     match uri {
         Ok(uri) => parts.uri = uri,
-        Err(_) => return Err((LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "invalid_authority"), true)),
+        Err(_) => return Err(Box::new((LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "invalid_authority"), true))),
     }
     strip_request_hop_by_hop(&mut parts.headers);
     mutate_request_headers(&mut parts.headers, &f.header_policy, conn.info.peer);
