@@ -132,6 +132,7 @@ async fn malformed_http1_behaves_like_envoy() {
         ("two content-lengths", b"POST /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec()),
         ("bad content-length", b"POST /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: abc\r\n\r\n".to_vec()),
         ("relative path", b"GET abc HTTP/1.1\r\nHost: example.com\r\n\r\n".to_vec()),
+        ("gzip before chunked", b"POST /x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec()),
         ("HTTP/1.0", b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n".to_vec()),
         ("no host", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
         ("headers over 60 KiB", big.into_bytes()),

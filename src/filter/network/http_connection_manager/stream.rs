@@ -211,6 +211,17 @@ fn prepare(mut parts: http::request::Parts, conn: &ConnShared) -> Result<http::r
     if parts.headers.len() > f.max_headers_count {
         return Err(Box::new((LocalReply::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request Header Fields Too Large", "too_many_headers"), true)));
     }
+    // hyper accepts codings before `chunked`; Envoy implements none of them (and forwarding
+    // the body without its coding would corrupt it).
+    let other_coding = parts
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if !conn.is_h2 && other_coding {
+        return Err(Box::new((LocalReply::new(StatusCode::NOT_IMPLEMENTED, "Not Implemented", "unsupported_transfer_encoding"), true)));
+    }
     if parts.method == http::Method::CONNECT {
         return Err(Box::new((LocalReply::new(StatusCode::NOT_FOUND, Bytes::new(), "route_not_found"), true)));
     }
