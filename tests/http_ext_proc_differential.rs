@@ -3,6 +3,7 @@
 //! (status, headers, body, what the upstream saw, what the processor saw, ext_proc counters)
 //! must match, except for the differences documented in docs/envoy-differences-http-ext-proc.md,
 //! which are asserted explicitly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod ext_proc_support;
 #[path = "http_ext_proc/scenarios.rs"]

@@ -2,6 +2,7 @@
 //! HCM → ext_proc filter(s) → router → echo upstream, over HTTP/1.1 and HTTP/2, for what the
 //! differential tests cannot show (extproxy-only behaviour, several filters, side-stream
 //! connection sharing, Unix sockets, large bodies, bad processors).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod ext_proc_support;
 

@@ -1,5 +1,6 @@
 //! The HTTP ext_proc filter driven directly (no HCM): `decode` / `encode` with real side streams
 //! to the scriptable processor on 127.0.0.1:0 (and on a Unix socket).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod ext_proc_support;
 

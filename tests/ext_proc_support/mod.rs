@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// What the processor does after a message.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     /// Send this response.
     Send(pb::ProcessingResponse),

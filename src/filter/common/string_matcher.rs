@@ -127,6 +127,7 @@ impl ListStringMatcher {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -370,6 +370,7 @@ impl PerRouteConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

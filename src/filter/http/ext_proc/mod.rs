@@ -77,7 +77,7 @@ pub enum PerRoute {
     /// `disabled: true`.
     Disabled,
     /// `overrides`.
-    Overrides(OverridesConfig),
+    Overrides(Box<OverridesConfig>),
 }
 
 fn channel_for(clusters: &ClusterManager, service: &GrpcService) -> Result<Option<GrpcChannel>, ConfigError> {
@@ -187,7 +187,7 @@ pub fn build_per_route(any: &RawAny, path: &str) -> Result<Arc<PerRoute>, Config
     cfg.validate(path)?;
     let PerRouteConfig { disabled, overrides } = cfg;
     Ok(Arc::new(match (disabled, overrides) {
-        (_, Some(o)) => PerRoute::Overrides(o),
+        (_, Some(o)) => PerRoute::Overrides(Box::new(o)),
         _ => PerRoute::Disabled,
     }))
 }
@@ -230,7 +230,7 @@ impl Filter {
                         failure_mode_allow,
                         processing_request_modifier: _,
                         emit_client_span: _,
-                    } = o;
+                    } = o.as_ref();
                     e.disabled = false;
                     if let Some(m) = processing_mode {
                         e.mode = Mode::from_config(Some(m));

@@ -433,6 +433,7 @@ pub fn apply(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use envoy_types::pb::google::protobuf::BoolValue;

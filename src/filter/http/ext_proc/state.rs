@@ -1155,12 +1155,25 @@ impl Core {
         let replace = common.status == pb::common_response::ResponseStatus::ContinueAndReplace as i32;
         let strip = self.should_strip_cl(d);
         let has_mutation = common.header_mutation.is_some();
+        let cl_before = self.ds_ref(d).head.as_ref().and_then(Head::content_length);
         if let Some(hm) = &common.header_mutation {
             let policy = self.policy.clone();
             let head = self.ds(d).head.as_mut();
             if let Some(head) = head {
                 mutation::apply(Target::Head(head), hm, &policy.checker, Context { replace, strip_content_length: strip }, &policy.stats)
                     .map_err(Failure::Mutation)?;
+            }
+        }
+        if !replace && self.mode(d).body == BodyMode::None {
+            // Envoy forwards a processor-set content-length that disagrees with the body,
+            // truncating it (quirk H3); refuse it where the body length is known.
+            let ds = self.ds_ref(d);
+            let cl_after = ds.head.as_ref().and_then(Head::content_length);
+            let known_len = if ds.head_eos { Some(0) } else { cl_before };
+            if let (Some(after), Some(len)) = (cl_after, known_len) {
+                if after != len && cl_after != cl_before {
+                    return Err(Failure::Other("mismatch between content length and the length of the mutated body"));
+                }
             }
         }
         if d == Dir::Request {
@@ -1410,5 +1423,6 @@ enum Failure {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 #[path = "state_tests.rs"]
 mod tests;
