@@ -371,6 +371,75 @@ fn short_content_length(_: &mut Ctx, r: &Req) -> Vec<Step> {
     common_on(r, "rh", hm(&[("content-length", "3")], &[]))
 }
 
+fn standalone_override(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+    match kind(r) {
+        "rh" => vec![
+            Step::Send(pb::ProcessingResponse {
+                mode_override: Some(ProcessingMode { request_body_mode: 4, request_trailer_mode: 1, ..Default::default() }),
+                ..Default::default()
+            }),
+            Step::Send(continue_for(r)),
+        ],
+        _ => match body_of(r) {
+            Some((b, eos)) => vec![Step::Send(streamed(r, &upper(b), eos))],
+            None => send(continue_for(r)),
+        },
+    }
+}
+
+fn standalone_override_invalid(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+    match kind(r) {
+        "rh" => vec![
+            Step::Send(pb::ProcessingResponse {
+                mode_override: Some(ProcessingMode { request_body_mode: 2, ..Default::default() }),
+                ..Default::default()
+            }),
+            Step::Send(continue_for(r)),
+        ],
+        _ => send(continue_for(r)),
+    }
+}
+
+fn deny_grpc(_: &mut Ctx, _: &Req) -> Vec<Step> {
+    let mut r = immediate(403, "not allowed", &[], "");
+    if let Some(pb::processing_response::Response::ImmediateResponse(i)) = r.response.as_mut() {
+        i.grpc_status = Some(pb::GrpcStatus { status: 7 });
+    }
+    send(r)
+}
+
+/// Denies on the body message carrying the second chunk (`bbb`), however reads coalesced.
+fn deny_on_second_chunk(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    match body_of(r) {
+        Some((b, _)) if b.contains(&b'b') => send(immediate(429, "slow down", &[], "")),
+        _ => send(continue_for(r)),
+    }
+}
+
+fn slow_on_body(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    match kind(r) {
+        "rb" => vec![Step::Sleep(Duration::from_millis(800))],
+        _ => send(continue_for(r)),
+    }
+}
+
+fn trailer_tagger(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    match kind(r) {
+        "rt" => send(with_common(r, Default::default(), Some(mutation(&[("x-t", "tagged")], &[])))),
+        _ => send(continue_for(r)),
+    }
+}
+
+fn grpc_req() -> TestRequest {
+    TestRequest::post("/pkg.Svc/Method", "\0\0\0\0\0").header("content-type", "application/grpc").header("te", "trailers")
+}
+
+fn post_with_trailers() -> TestRequest {
+    TestRequest::post("/tr", "hello").header("x-echo-mode", "raw").trailer("x-client-trailer", "1")
+}
+
 fn metadata_only(_: &mut Ctx, _: &Req) -> Vec<Step> {
     send(pb::ProcessingResponse {
         dynamic_metadata: Some(envoy_types::pb::google::protobuf::Struct::default()),
@@ -511,6 +580,35 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             filter: "request_attributes: [request.path, request.method, request.headers, request.scheme, source.address, connection.id, unknown.attr]\nresponse_attributes: [response.code, response.headers]",
             ..sc("attributes", pass)
+        },
+        Scenario { filter: "allow_mode_override: true", request: chunked, skip: Expect { chunk_sensitive: true, ..Default::default() }, ..sc("standalone_mode_override", standalone_override) },
+        Scenario { filter: "allow_mode_override: true", ..sc("standalone_mode_override_invalid", standalone_override_invalid) },
+        Scenario {
+            filter: "allow_mode_override: true\nallowed_override_modes: [{request_header_mode: SKIP, response_header_mode: SKIP, request_body_mode: BUFFERED}]",
+            ..sc("mode_override_ignores_request_header_mode", mode_override)
+        },
+        Scenario { request: grpc_req, http2_only: true, ..sc("immediate_grpc_status", deny_grpc) },
+        Scenario {
+            filter: "processing_mode: {request_body_mode: STREAMED}",
+            request: chunked,
+            // How much of the body was read (upstream, `connection: close` on HTTP/1) when the
+            // reply comes is a race; status and body are compared.
+            skip: Expect { chunk_sensitive: true, skip_processor: true, skip_upstream: true, skip_headers: true, ..Default::default() },
+            ..sc("immediate_on_streamed_body", deny_on_second_chunk)
+        },
+        Scenario {
+            filter: "processing_mode: {request_body_mode: STREAMED}\nmessage_timeout: 0.2s",
+            request: chunked,
+            settle_ms: 700,
+            skip: Expect { chunk_sensitive: true, skip_processor: true, skip_upstream: true, ..Default::default() },
+            ..sc("timeout_on_streamed_body", slow_on_body)
+        },
+        Scenario { filter: "processing_mode: {request_header_mode: SKIP}", ..sc("request_headers_skipped", pass) },
+        Scenario {
+            filter: "processing_mode: {request_body_mode: BUFFERED, request_trailer_mode: SEND, response_header_mode: SKIP}",
+            request: post_with_trailers,
+            http2_only: true,
+            ..sc("buffered_with_request_trailers", trailer_tagger)
         },
         // H3: Envoy forwards `hel` (truncated) and leaves `lo` on the upstream connection, where
         // it prefixes the next request (`loGET`); extproxy refuses the mismatch with 500. Last,

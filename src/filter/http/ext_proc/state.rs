@@ -1136,6 +1136,23 @@ impl Core {
                     h.headers_mut().remove(http::header::CONTENT_LENGTH);
                 }
             }
+            // Data that arrived before the switch goes to the processor now (Envoy may skip the
+            // first chunk here, #40340).
+            let ds = &self.req;
+            if !ds.head_eos && (!ds.queue.is_empty() || (ds.input_done && !ds.got_trailers)) {
+                let eos = ds.input_done && !ds.got_trailers;
+                let q = self.req.take_queue();
+                self.fd_seen = true;
+                self.req.eos_sent = eos;
+                let msg = Self::body_msg(Dir::Request, &q, eos);
+                self.send(Dir::Request, msg);
+            }
+            if let Some(t) = self.req.trailers.take() {
+                let msg = self.trailers_msg(Dir::Request, &t);
+                self.req.trailers = Some(t);
+                self.req.trailers_sent = true;
+                self.send(Dir::Request, msg);
+            }
         }
         ok
     }

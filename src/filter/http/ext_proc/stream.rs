@@ -408,7 +408,11 @@ impl Task {
         }
         for io in &mut self.io {
             io.src = None;
-            io.out = None;
+            // End what was forwarded with an error, never a clean end: the next hop must not
+            // take a cut body for a complete one.
+            if let Some(out) = io.out.take() {
+                let _ = out.try_send(Err("ext_proc: the stream ended with a local reply".into()));
+            }
             io.active = false;
         }
     }
