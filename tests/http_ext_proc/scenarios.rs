@@ -29,6 +29,8 @@ pub struct Scenario {
     pub filter: &'static str,
     /// YAML list of routes (default: everything to `upstream`).
     pub routes: &'static str,
+    /// YAML map: the virtual host's `typed_per_filter_config`.
+    pub vhost_per_filter: &'static str,
     pub buffer_limit: Option<u64>,
     pub script: fn(&mut Ctx, &Req) -> Vec<Step>,
     pub request: fn() -> TestRequest,
@@ -47,6 +49,7 @@ fn sc(name: &'static str, script: fn(&mut Ctx, &Req) -> Vec<Step>) -> Scenario {
         name,
         filter: "",
         routes: "",
+        vhost_per_filter: "",
         buffer_limit: None,
         script,
         request: post_hello,
@@ -440,6 +443,48 @@ fn post_with_trailers() -> TestRequest {
     TestRequest::post("/tr", "hello").header("x-echo-mode", "raw").trailer("x-client-trailer", "1")
 }
 
+fn non_utf8(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    let mut m = mutation(&[("x-latin1", "")], &[]);
+    if let Some(h) = m.set_headers[0].header.as_mut() {
+        h.raw_value = vec![b'c', b'a', b'f', 0xE9];
+    }
+    common_on(r, "rh", pb::CommonResponse { header_mutation: Some(m), ..Default::default() })
+}
+
+fn big_reply(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    let long = "v".repeat(500);
+    common_on(r, "rh", hm(&[("x-long", &long)], &[]))
+}
+
+fn close_on_response(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    if kind(r) == "sh" {
+        vec![Step::CloseOk]
+    } else {
+        send(continue_for(r))
+    }
+}
+
+fn fail_out_of_line(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    if kind(r) == "rh" {
+        vec![Step::Send(continue_for(r)), Step::Fail(Status::internal("later"))]
+    } else {
+        send(continue_for(r))
+    }
+}
+
+fn replace_body_buffered(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    let common = pb::CommonResponse {
+        status: pb::common_response::ResponseStatus::ContinueAndReplace as i32,
+        body_mutation: Some(body("replaced")),
+        ..Default::default()
+    };
+    common_on(r, "rh", common)
+}
+
+fn post_empty() -> TestRequest {
+    TestRequest::post("/e", "").header("x-echo-mode", "raw")
+}
+
 fn metadata_only(_: &mut Ctx, _: &Req) -> Vec<Step> {
     send(pb::ProcessingResponse {
         dynamic_metadata: Some(envoy_types::pb::google::protobuf::Struct::default()),
@@ -609,6 +654,27 @@ pub fn all() -> Vec<Scenario> {
             request: post_with_trailers,
             http2_only: true,
             ..sc("buffered_with_request_trailers", trailer_tagger)
+        },
+        sc("non_utf8_header_value", non_utf8),
+        Scenario {
+            filter: "grpc_service: {envoy_grpc: {cluster_name: proc, max_receive_message_length: 300}, initial_metadata: [{key: x-scenario, value: reply_too_large}]}",
+            ..sc("reply_too_large", big_reply)
+        },
+        sc("close_ok_on_response", close_on_response),
+        Scenario { skip: Expect { skip_upstream: true, ..Default::default() }, ..sc("fail_out_of_line", fail_out_of_line) },
+        Scenario { filter: "processing_mode: {request_body_mode: BUFFERED}", ..sc("continue_and_replace_buffered", replace_body_buffered) },
+        Scenario { filter: "processing_mode: {request_body_mode: BUFFERED, response_body_mode: BUFFERED}", ..sc("buffered_both", upper_bodies) },
+        Scenario { filter: "processing_mode: {request_body_mode: BUFFERED}", request: post_empty, ..sc("buffered_empty_post", pass) },
+        Scenario { filter: "processing_mode: {response_body_mode: STREAMED}", skip: Expect { chunk_sensitive: true, ..Default::default() }, ..sc("streamed_response_content_length", upper_bodies) },
+        Scenario {
+            vhost_per_filter: r#"{envoy.filters.http.ext_proc: {"@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, overrides: {processing_mode: {response_header_mode: SKIP}}}}"#,
+            routes: r#"[{match: {prefix: "/"}, route: {cluster: upstream}, typed_per_filter_config: {envoy.filters.http.ext_proc: {"@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, overrides: {processing_mode: {request_header_mode: SKIP}}}}}]"#,
+            ..sc("per_route_beats_virtual_host", pass)
+        },
+        Scenario {
+            vhost_per_filter: r#"{envoy.filters.http.ext_proc: {"@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, disabled: true}}"#,
+            routes: r#"[{match: {prefix: "/"}, route: {cluster: upstream}, typed_per_filter_config: {envoy.filters.http.ext_proc: {"@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, overrides: {grpc_service: {envoy_grpc: {cluster_name: proc}, initial_metadata: [{key: x-scenario, value: per_route_grpc_service}]}}}}}]"#,
+            ..sc("per_route_grpc_service", set_remove)
         },
         // H3: Envoy forwards `hel` (truncated) and leaves `lo` on the upstream connection, where
         // it prefixes the next request (`loGET`); extproxy refuses the mismatch with 500. Last,
