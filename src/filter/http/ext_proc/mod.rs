@@ -362,7 +362,8 @@ impl StreamFilter {
     /// Request path.
     pub async fn decode(&mut self, req: http::Request<Body>, cx: &mut StreamContext) -> Result<http::Request<Body>, LocalReply> {
         self.effective = Some(self.config.effective(cx));
-        if !self.wants(Dir::Request) && !self.wants(Dir::Response) {
+        if !self.wants(Dir::Request) {
+            // Nothing to send on the request path: the side stream (if any) opens at encode.
             return Ok(req);
         }
         let (parts, body) = req.into_parts();

@@ -444,10 +444,38 @@ impl Core {
         !self.done && (m.send_headers || m.body != BodyMode::None || m.send_trailers)
     }
 
-    /// True if the driver should not read more data of `d` for now (back-pressure).
+    /// True if the driver should not read more data of `d` for now: the bytes held for the
+    /// processor (queued, or sent and awaiting their reply) are over the buffer limit (Envoy
+    /// raises its watermark there). BUFFERED keeps reading, to answer 413 / 500 at the limit.
     pub fn data_paused(&self, d: Dir) -> bool {
         let ds = self.ds_ref(d);
-        !self.done && ds.queued > self.policy.buffer_limit.saturating_mul(2) && ds.mode.body != BodyMode::Buffered
+        let held = ds.queued + ds.inflight.iter().map(Bytes::len).sum::<usize>();
+        !self.done && ds.mode.body != BodyMode::Buffered && held > self.policy.buffer_limit
+    }
+
+    /// Lets the rest of `d`'s body bypass the state machine when nothing will ever process it
+    /// (body NONE, trailers not sent, no data seen yet, headers already forwarded). Returns true
+    /// if the driver may hand the original body on untouched.
+    pub fn body_bypass(&mut self, d: Dir) -> bool {
+        let observability = self.policy.observability_mode;
+        let ds = self.ds(d);
+        let m = ds.mode;
+        let ok = !observability
+            && m.body == BodyMode::None
+            && !m.send_trailers
+            && ds.head.is_none()
+            && !ds.data_seen
+            && !ds.input_done
+            && !ds.ended
+            && ds.queue.is_empty()
+            && ds.trailers.is_none()
+            && (ds.cb == Callback::Idle);
+        if ok {
+            ds.passthrough = true;
+            ds.input_done = true;
+            ds.ended = true;
+        }
+        ok
     }
 
     /// True if the direction's output has ended.

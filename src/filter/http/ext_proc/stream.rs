@@ -215,6 +215,10 @@ impl Task {
                     Some((d, msg)) => self.on_message(d, msg),
                     None => self.cmds_open = false,
                 },
+                // Body data first: a message that is already complete is taken whole before a
+                // reply is acted on, as Envoy's codec delivers it (bounded by `data_paused`).
+                f = next_frame(&mut req.src), if !paused[0] => self.on_frame(Dir::Request, f),
+                f = next_frame(&mut resp.src), if !paused[1] => self.on_frame(Dir::Response, f),
                 ev = side_event(&mut self.side) => self.on_side_event(ev),
                 () = sleep_until(req_deadline) => {
                     self.io[0].deadline = None;
@@ -224,8 +228,6 @@ impl Task {
                     self.io[1].deadline = None;
                     self.core.on_timeout(Dir::Response);
                 }
-                f = next_frame(&mut req.src), if !paused[0] => self.on_frame(Dir::Request, f),
-                f = next_frame(&mut resp.src), if !paused[1] => self.on_frame(Dir::Response, f),
             }
             self.execute().await;
         }
@@ -365,6 +367,9 @@ impl Task {
         let io = &mut self.io[idx(d)];
         let body: Body = if end {
             crate::filter::http::empty_body()
+        } else if io.src.is_some() && self.core.body_bypass(d) {
+            // Nothing processes the body: hand it on untouched, no hop through this task.
+            io.src.take().unwrap_or_else(crate::filter::http::empty_body)
         } else {
             let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
             io.out = Some(tx);
