@@ -46,7 +46,7 @@ fn listener(s: &Scenario) -> Value {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": s.name,
                 "codec_type": "AUTO",
-                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+                "route_config": {"virtual_hosts": [vhost(s, routes)]},
                 "http_filters": [
                     {"name": "envoy.filters.http.ext_proc", "typed_config": filter},
                     {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
@@ -58,6 +58,14 @@ fn listener(s: &Scenario) -> Value {
         l["per_connection_buffer_limit_bytes"] = json!(limit);
     }
     l
+}
+
+fn vhost(s: &Scenario, routes: Value) -> Value {
+    let mut v = json!({"name": "all", "domains": ["*"], "routes": routes});
+    if !s.vhost_per_filter.is_empty() {
+        v["typed_per_filter_config"] = serde_yaml_ng::from_str(s.vhost_per_filter).expect("vhost yaml");
+    }
+    v
 }
 
 fn bootstrap(scenarios: &[Scenario], upstream: &EchoHttpUpstream, proc: &Processor) -> String {
@@ -279,4 +287,58 @@ async fn run(versions: &[HttpVersion]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_and_extproxy_agree() {
     run(&[HttpVersion::Http1, HttpVersion::Http2]).await;
+}
+
+/// `--mode validate` of both binaries on the §2.2 cases: Envoy's message appears in extproxy's
+/// (which adds the field path); GRPC body mode is refused by extproxy only (documented).
+#[test]
+fn validation_messages_match_envoy() {
+    let dir = testenv::TempDir::new("xp-ext-proc-validate").unwrap();
+    let base = |filter: &str| {
+        let f = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        });
+        let mut f = f.as_object().unwrap().clone();
+        if let Value::Object(extra) = serde_yaml_ng::from_str::<Value>(filter).unwrap() {
+            f.extend(extra);
+        }
+        json!({"static_resources": {
+            "listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "x",
+                    "route_config": {"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "proc"}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.ext_proc", "typed_config": f},
+                        {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}],
+            "clusters": [{"name": "proc",
+                "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "explicit_http_config": {"http2_protocol_options": {}}}},
+                "load_assignment": {"cluster_name": "proc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]}}]}})
+        .to_string()
+    };
+    let svc = "grpc_service: {envoy_grpc: {cluster_name: proc}}\n";
+    let cases: Vec<(String, Option<&str>)> = vec![
+        ("failure_mode_allow: true".into(), Some("One and only one of grpc_service or http_service must be configured")),
+        (format!("{svc}http_service: {{http_service: {{http_uri: {{uri: 'http://x', cluster: proc, timeout: 1s}}}}}}"), Some("One and only one of grpc_service or http_service must be configured")),
+        (format!("{svc}processing_mode: {{request_body_mode: FULL_DUPLEX_STREAMED}}"), Some("If the ext_proc filter has the request_body_mode set to FULL_DUPLEX_STREAMED, then the request_trailer_mode has to be set to SEND")),
+        (format!("{svc}processing_mode: {{response_body_mode: FULL_DUPLEX_STREAMED}}"), Some("If the ext_proc filter has the response_body_mode set to FULL_DUPLEX_STREAMED, then the response_trailer_mode has to be set to SEND")),
+        (format!("{svc}disable_clear_route_cache: true\nroute_cache_action: CLEAR"), Some("disable_clear_route_cache and route_cache_action can not be set to none-default at the same time.")),
+        (format!("{svc}message_timeout: 3601s"), Some("")),
+        (format!("{svc}status_on_error: {{code: 0}}"), Some("")),
+        (format!("{svc}processing_mode: {{request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND}}\nfailure_mode_allow: true\nstatus_on_error: {{code: 200}}"), None),
+    ];
+    let run = |bin: &std::path::Path, cfg: &std::path::Path| {
+        let out = std::process::Command::new(bin).args(["--mode", "validate", "-c"]).arg(cfg).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    };
+    for (i, (filter, err)) in cases.iter().enumerate() {
+        let cfg = dir.join(&format!("c{i}.yaml"));
+        std::fs::write(&cfg, base(filter)).unwrap();
+        let (e_ok, e_out) = run(&testenv::envoy_binary(), &cfg);
+        let (x_ok, x_out) = run(std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")), &cfg);
+        assert_eq!(e_ok, err.is_none(), "envoy on {filter}: {e_out}");
+        assert_eq!(x_ok, err.is_none(), "extproxy on {filter}: {x_out}");
+        if let Some(msg) = err {
+            assert!(e_out.contains(msg) && x_out.contains(msg), "{filter}:\n envoy: {e_out}\n extproxy: {x_out}");
+        }
+    }
 }
