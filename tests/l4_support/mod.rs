@@ -76,9 +76,18 @@ impl Proxy {
     }
 
     /// Waits until `n` downstream connections have been destroyed (fully closed by the proxy).
+    /// (Matched by suffix: the listener's stat scope is named after its address.)
     pub async fn wait_closed(&self, n: i64) {
-        let name = format!("listener.{}.downstream_cx_destroy", self.addr.to_string().replace(':', "_"));
-        self.wait_counter(&name, n).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = self.stats.render_text(None, false);
+            let destroyed = listener_destroyed(text.lines().filter_map(|l| l.split_once(": ")));
+            if destroyed >= n {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{destroyed} connections closed, wanted {n}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn connect(&self) -> TcpStream {
@@ -91,6 +100,14 @@ impl Drop for Proxy {
         self.shutdown.cancel();
         self.task.abort();
     }
+}
+
+/// Sum of `listener.<scope>.downstream_cx_destroy` over the non-admin listeners.
+pub fn listener_destroyed<'a>(stats: impl Iterator<Item = (&'a str, &'a str)>) -> i64 {
+    stats
+        .filter(|(k, _)| k.starts_with("listener.") && !k.starts_with("listener.admin.") && k.ends_with(".downstream_cx_destroy"))
+        .filter_map(|(_, v)| v.trim().parse::<i64>().ok())
+        .sum()
 }
 
 /// The 17 Envoy counters.
@@ -189,10 +206,14 @@ impl Upstream {
     }
 }
 
-/// A port nothing listens on.
+/// A port nothing listens on: bound without `listen()` (so connects are refused) and kept bound
+/// for the life of the test process, so a parallel test cannot be handed the same port.
 pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    let port = s.local_addr().ok().and_then(|a| a.as_socket()).expect("addr").port();
+    std::mem::forget(s);
+    port
 }
 
 /// How a read side ended.
@@ -408,7 +429,7 @@ impl RawProcessor {
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else { continue };
-                let server = NetworkExternalProcessorServer::new(svc.clone());
+                let server = NetworkExternalProcessorServer::new(svc.clone()).max_decoding_message_size(usize::MAX);
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let mut server = server.clone();
                     async move { tower::Service::call(&mut server, req).await }

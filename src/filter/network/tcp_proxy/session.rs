@@ -3,9 +3,10 @@
 //!
 //! Rules, as in Envoy's tcp_proxy unless noted:
 //! - Half-close: a FIN read on one side is forwarded (through the filters) as `shutdown(SHUT_WR)`
-//!   on the other. The connection ends when both sides have sent FIN, nothing is left to write
-//!   and no processor holds unanswered bytes (extproxy waits for those, bounded by the message
-//!   timeout; Envoy 1.40 closes at once and loses them, quirk N4), or on error.
+//!   on the other. Once either socket is closed both ways (FIN read and FIN sent), the
+//!   connection is flush-closed: what is queued goes out, then FIN on both. extproxy first waits
+//!   until no processor holds unanswered bytes (bounded by the message timeout, or 1 s without
+//!   one); Envoy 1.40 closes at once and loses them (quirk N4).
 //! - A reset (read/write error) on one side resets the other (SO_LINGER 0).
 //! - Backpressure: a side is read only while the bytes buffered for the other side (in the
 //!   outgoing queue plus held by processors) are under the buffer limit, and each read takes at
@@ -33,6 +34,8 @@ use tokio::time::Instant;
 /// How long a flush-close may take before the sockets are closed anyway (Envoy's default
 /// `delayed_close_timeout`).
 const FLUSH_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the close waits for processor answers when message timeouts are disabled (N4).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Largest single read; reads are also capped by the room left under the buffer limit.
 const READ_SIZE: usize = 64 * 1024;
 
@@ -230,6 +233,8 @@ pub(super) async fn run(
         resumed_total: up_stats.resumed_reading.clone(),
     };
     let mut closing: Option<Instant> = None;
+    // How long a close waits for answers when no message timer bounds it.
+    let mut grace: Option<Instant> = None;
     let mut idle_deadline = filter.idle_timeout.map(|t| Instant::now() + t);
     let timer = tokio::time::sleep_until(far_future());
     tokio::pin!(timer);
@@ -263,17 +268,32 @@ pub(super) async fn run(
             idle_deadline = filter.idle_timeout.map(|t| now + t);
         }
 
-        // 2. Is it over?
+        // 2. Is it over? Like Envoy, once either socket is closed both ways (FIN read and FIN
+        // sent) the connection is flush-closed: what is queued goes out, then FIN. Unlike Envoy
+        // 1.40, it first waits for the processors' answers to chunks still in flight (N4),
+        // reading nothing new meanwhile: until their message timeout, or for CLOSE_GRACE when
+        // no timer is armed.
+        let settled = (down_eof && to_down.shut) || (up_eof && to_up.shut);
         if let Some(deadline) = closing {
             if (to_up.is_empty() && to_down.is_empty()) || now >= deadline {
                 break End::Normal;
             }
-        } else if down_eof && up_eof && !chain.has_pending() && to_up.is_empty() && to_down.is_empty() {
-            break End::Normal;
+        } else if settled {
+            if chain.has_pending() && grace.is_none() && chain.deadline().is_none() {
+                grace = Some(now + CLOSE_GRACE);
+            }
+            let wait = chain.has_pending() && grace.is_none_or(|g| now < g);
+            if !wait {
+                chain.on_connection_closed();
+                to_up.fin = true;
+                to_down.fin = true;
+                closing = Some(now + FLUSH_CLOSE_TIMEOUT);
+                continue;
+            }
         }
 
         // 3. Wait for the next thing to do.
-        let open = closing.is_none();
+        let open = closing.is_none() && !settled;
         let read_room = down_limit
             .min(up_limit.saturating_sub(to_up.bytes))
             .saturating_sub(chain.in_flight(Direction::Read));
@@ -282,7 +302,7 @@ pub(super) async fn run(
             .saturating_sub(chain.in_flight(Direction::Write));
         let read_down = open && !down_eof && down_flow.update(to_up.bytes, up_limit) && read_room > 0;
         let read_up = open && !up_eof && up_flow.update(to_down.bytes, down_limit) && write_room > 0;
-        let deadline = [idle_deadline, chain.deadline(), closing].into_iter().flatten().min();
+        let deadline = [idle_deadline, chain.deadline(), closing, grace].into_iter().flatten().min();
         let deadline = deadline.unwrap_or_else(far_future);
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
