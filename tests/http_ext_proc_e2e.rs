@@ -353,3 +353,46 @@ async fn slow_processor_times_out_with_504_and_late_replies_are_ignored() {
     assert_eq!(proxy.counter("http.ingress.ext_proc.message_timeouts").await, 2);
     assert_eq!(proxy.counter("http.ingress.ext_proc.spurious_msgs_received").await, 0);
 }
+
+#[tokio::test]
+async fn observability_mode_does_not_wait_and_defers_the_close() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    // A slow processor: each message takes 300 ms; its answers are ignored anyway.
+    p.script("obs", |_, r| vec![Step::Sleep(Duration::from_millis(300)), Step::Send(continue_for(r))]);
+    let yaml = bootstrap(
+        vec![ext_proc("obs", json!({"observability_mode": true, "deferred_close_timeout": "3s", "processing_mode": {"request_body_mode": "STREAMED"}}))],
+        default_routes(),
+        &up,
+        proc_address(&p, None),
+    );
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    for v in VERSIONS {
+        let start = std::time::Instant::now();
+        let resp = TestRequest::post("/o", "observed").header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "observed");
+        assert!(start.elapsed() < Duration::from_millis(250), "the request did not wait: {:?}", start.elapsed());
+    }
+    // The side streams outlive the requests and deliver everything (headers, body, response headers).
+    let done = |s: &StreamLog| s.messages.last().is_some_and(|m| kind(m) == "sh");
+    for _ in 0..100 {
+        if p.streams("obs").len() == 2 && p.streams("obs").iter().all(done) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let streams = p.streams("obs");
+    assert_eq!(streams.len(), 2);
+    for s in &streams {
+        let kinds: Vec<_> = s.messages.iter().map(kind).collect();
+        assert_eq!(kinds.first(), Some(&"rh"));
+        assert_eq!(kinds.last(), Some(&"sh"), "{kinds:?}");
+        let body: Vec<u8> = s.messages.iter().filter_map(body_of).flat_map(|(b, _)| b.to_vec()).collect();
+        assert_eq!(body, b"observed");
+        assert!(s.messages.iter().filter_map(body_of).last().is_some_and(|(_, eos)| eos));
+        assert!(s.messages.iter().all(|m| m.observability_mode));
+    }
+    assert_eq!(proxy.counter("http.ingress.ext_proc.stream_msgs_received").await, 0);
+}

@@ -617,6 +617,12 @@ pub fn all() -> Vec<Scenario> {
             settle_ms: 300,
             skip: Expect { chunk_sensitive: true, ..Default::default() }, ..sc("observability", set_remove)
         },
+        // H22: BUFFERED in observability mode sends no body.
+        Scenario {
+            filter: "observability_mode: true\ndeferred_close_timeout: 0.1s\nprocessing_mode: {request_body_mode: BUFFERED, response_body_mode: BUFFERED}",
+            settle_ms: 300,
+            ..sc("observability_buffered_sends_no_body", set_remove)
+        },
         Scenario {
             filter: "processing_mode: {request_body_mode: STREAMED}\nsend_body_without_waiting_for_header_response: true",
             request: chunked,

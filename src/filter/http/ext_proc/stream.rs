@@ -329,7 +329,9 @@ impl Task {
                 Action::ClearRouteCache => self.clear_route_cache = true,
                 Action::Metadata(m) => self.metadata.push(m),
                 Action::Close => {
-                    if !self.core.is_done() || self.deferred_close.is_none() {
+                    // Observability mode defers the close to the end of the HTTP stream
+                    // (`deferred_close_timeout`, see `shutdown`).
+                    if self.deferred_close.is_none() {
                         self.side = None;
                     }
                 }
