@@ -391,7 +391,7 @@ async fn observability_mode_does_not_wait_and_defers_the_close() {
         assert_eq!(kinds.last(), Some(&"sh"), "{kinds:?}");
         let body: Vec<u8> = s.messages.iter().filter_map(body_of).flat_map(|(b, _)| b.to_vec()).collect();
         assert_eq!(body, b"observed");
-        assert!(s.messages.iter().filter_map(body_of).last().is_some_and(|(_, eos)| eos));
+        assert!(s.messages.iter().filter_map(body_of).next_back().is_some_and(|(_, eos)| eos));
         assert!(s.messages.iter().all(|m| m.observability_mode));
     }
     assert_eq!(proxy.counter("http.ingress.ext_proc.stream_msgs_received").await, 0);
