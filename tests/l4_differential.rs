@@ -4,6 +4,8 @@
 //! deliberately differs (spec §9.1 N1–N7, docs/envoy-differences-l4.md) the test asserts the
 //! documented difference explicitly.
 
+#![allow(clippy::unwrap_used)]
+
 mod l4_support;
 
 use envoy_types::pb::envoy::service::network_ext_proc::v3::processing_response::{ConnectionStatus, DataProcessedStatus};

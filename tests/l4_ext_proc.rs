@@ -2,6 +2,8 @@
 //! tcp_proxy) → upstream, with a real gRPC processor (SDK-built where the SDK can express it,
 //! a scripted raw tonic processor otherwise). Counters are asserted in each test.
 
+#![allow(clippy::unwrap_used)]
+
 mod l4_support;
 
 use envoy_types::pb::envoy::service::network_ext_proc::v3::processing_response::{ConnectionStatus, DataProcessedStatus};

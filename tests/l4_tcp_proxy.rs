@@ -1,6 +1,8 @@
 //! tcp_proxy on its own: copying, half-close, resets, connect failures, idle timeout,
 //! backpressure and config errors, over real sockets on 127.0.0.1.
 
+#![allow(clippy::unwrap_used)]
+
 mod l4_support;
 
 use l4_support::*;

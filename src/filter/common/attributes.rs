@@ -202,6 +202,7 @@ fn resolve(a: Attribute, info: &ConnectionInfo) -> Option<Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -70,6 +70,7 @@ pub mod value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::value::*;
     use super::*;

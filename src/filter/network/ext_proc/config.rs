@@ -176,6 +176,7 @@ fn parse_timeout(raw: Option<serde_json::Value>, path: &str) -> Result<Option<st
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

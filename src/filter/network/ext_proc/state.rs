@@ -419,7 +419,7 @@ impl ExtProcState {
 
     /// Time passed: fires the message timer if it is due.
     pub fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.complete || !self.deadline().is_some_and(|d| d <= now) {
+        if self.complete || self.deadline().is_none_or(|d| d > now) {
             return;
         }
         tracing::warn!("network ext_proc: message timeout");

@@ -1,5 +1,7 @@
 //! Step-by-step tests of the network ext_proc state machine (no sockets, no gRPC).
 
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 use crate::filter::common::attributes::compile_all;
 use crate::filter::common::metadata::value;
