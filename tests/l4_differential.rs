@@ -33,6 +33,8 @@ struct Obs {
     upstream: Option<(Vec<u8>, Ending)>,
     /// Non-zero `network_ext_proc.ep.*` counters (short names).
     counters: BTreeMap<String, i64>,
+    /// Whatever else a script observed along the way.
+    notes: Vec<&'static str>,
 }
 
 type Handler = Arc<dyn Fn(&ProcessingRequest, &Responder) + Send + Sync>;
@@ -141,7 +143,7 @@ async fn finish(mut r: Run) -> Obs {
     let up = read_to_end(u).await;
     fin(u).await;
     let client = read_to_end(&mut r.client).await;
-    Obs { client, upstream: Some(up), counters: BTreeMap::new() }
+    Obs { client, upstream: Some(up), counters: BTreeMap::new(), notes: vec![] }
 }
 
 /// Client and upstream both read to the end (the proxy closes).
@@ -151,7 +153,7 @@ async fn drain(mut r: Run) -> Obs {
         Some(u) => Some(read_to_end(u).await),
         None => None,
     };
-    Obs { client, upstream, counters: BTreeMap::new() }
+    Obs { client, upstream, counters: BTreeMap::new(), notes: vec![] }
 }
 
 // === scenarios ===
@@ -171,7 +173,7 @@ async fn scenario_1_upper_casing_round_trip() {
             let up = read_to_end(u).await;
             fin(u).await;
             let client = read_to_end(&mut r.client).await;
-            Obs { client, upstream: Some(up), counters: BTreeMap::new() }
+            Obs { client, upstream: Some(up), counters: BTreeMap::new(), notes: vec![] }
         })
     };
     let (envoy, ours) = both("message_timeout: 1s", handler(|q, r| r.send(upper(q))), true, script).await;
@@ -241,7 +243,7 @@ async fn scenario_b_early_eos_then_more_data() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             fin(&mut r.client).await;
             let client = read_to_end(&mut r.client).await;
-            Obs { client, upstream: Some(up), counters: BTreeMap::new() }
+            Obs { client, upstream: Some(up), counters: BTreeMap::new(), notes: vec![] }
         })
     };
     let (envoy, ours) = both("message_timeout: 1s", h, true, script).await;
@@ -328,7 +330,7 @@ async fn scenario_f2_zero_timeout_never_fires() {
             assert_eq!(processor.seen().requests.len(), 1);
             reset(upstream.expect("upstream"));
             let client = read_to_end(&mut client).await;
-            Obs { client, upstream: None, counters: BTreeMap::new() }
+            Obs { client, upstream: None, counters: BTreeMap::new(), notes: vec![] }
         })
     };
     let (envoy, ours) = both("message_timeout: 0s", handler(|_, _| {}), true, script).await;
@@ -338,6 +340,46 @@ async fn scenario_f2_zero_timeout_never_fires() {
     // chain was seen to close the client with RST in some runs and FIN in others.
     assert!(envoy.client.0.is_empty());
     assert_eq!(ours.client, (vec![], Ending::Rst));
+}
+
+/// V, done better (N5): only the first of two pipelined chunks is answered. Envoy's first answer
+/// stops the timer, so the second chunk never times out (until the client's FIN re-arms it);
+/// extproxy keeps the timer running and times out 1 s after the answer.
+#[tokio::test]
+async fn scenario_v_unanswered_pipelined_chunk() {
+    // The answer to `first` is sent once `second` has arrived, so both are in flight.
+    let h = handler(|q, r| {
+        if req_data(q).1 == b"second" {
+            r.send(read_resp(b"first", false));
+        }
+    });
+    let script: Script = |mut r| {
+        Box::pin(async move {
+            write(&mut r.client, b"first").await;
+            r.processor.wait_requests(1).await;
+            write(&mut r.client, b"second").await;
+            tokio::time::sleep(Duration::from_millis(1600)).await;
+            let mut probe = [0u8; 1];
+            let open = tokio::time::timeout(Duration::from_millis(50), tokio::io::AsyncReadExt::read(&mut r.client, &mut probe)).await.is_err();
+            let notes = vec![if open { "open after 1.6 s" } else { "closed by 1.6 s" }];
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut r.client).await;
+            let mut obs = drain(r).await;
+            obs.notes = notes;
+            obs
+        })
+    };
+    let (envoy, ours) = both("message_timeout: 1s", h, true, script).await;
+    assert_eq!(envoy.notes, ["open after 1.6 s"]);
+    assert_eq!(ours.notes, ["closed by 1.6 s"]);
+    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    assert_eq!(envoy.upstream, Some((b"first".to_vec(), Ending::Fin)));
+    // Envoy's timeout only comes after the client's FIN re-armed the timer.
+    assert_eq!(envoy.counters.get("read_data_sent"), Some(&3));
+    assert_eq!(ours.counters.get("read_data_sent"), Some(&2));
+    for o in [&envoy, &ours] {
+        assert_eq!(o.counters.get("message_timeouts"), Some(&1), "{o:?}");
+        assert_eq!(o.counters.get("connections_closed"), Some(&1), "{o:?}");
+    }
 }
 
 #[tokio::test]
@@ -530,7 +572,7 @@ fn upload_4mib() -> Script {
             // The upstream's byte count proves delivery; the writer's own result can race with
             // the proxy's close (a late ECONNRESET after everything was sent).
             let _ = writer.await.expect("writer task");
-            Obs { client: (got, end), upstream: Some(up), counters: BTreeMap::new() }
+            Obs { client: (got, end), upstream: Some(up), counters: BTreeMap::new(), notes: vec![] }
         })
     }
 }

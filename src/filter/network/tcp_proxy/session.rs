@@ -236,8 +236,10 @@ pub(super) async fn run(
     // How long a close waits for answers when no message timer bounds it.
     let mut grace: Option<Instant> = None;
     let mut idle_deadline = filter.idle_timeout.map(|t| Instant::now() + t);
-    let timer = tokio::time::sleep_until(far_future());
+    let never = Instant::now() + Duration::from_secs(86400 * 365);
+    let timer = tokio::time::sleep_until(never);
     tokio::pin!(timer);
+    let mut tx_buffered: i64 = 0;
 
     let end = loop {
         let now = Instant::now();
@@ -263,7 +265,9 @@ pub(super) async fn run(
                 break End::PeerReset;
             }
         }
-        stats.downstream_cx_tx_bytes_buffered.set(to_down.bytes as i64);
+        // The gauge is shared by every connection of this tcp_proxy: move it by deltas.
+        stats.downstream_cx_tx_bytes_buffered.add(to_down.bytes as i64 - tx_buffered);
+        tx_buffered = to_down.bytes as i64;
         if progressed {
             idle_deadline = filter.idle_timeout.map(|t| now + t);
         }
@@ -302,8 +306,13 @@ pub(super) async fn run(
             .saturating_sub(chain.in_flight(Direction::Write));
         let read_down = open && !down_eof && down_flow.update(to_up.bytes, up_limit) && read_room > 0;
         let read_up = open && !up_eof && up_flow.update(to_down.bytes, down_limit) && write_room > 0;
-        let deadline = [idle_deadline, chain.deadline(), closing, grace].into_iter().flatten().min();
-        let deadline = deadline.unwrap_or_else(far_future);
+        // While closing only the flush bound matters (an idle or grace deadline already in the
+        // past would otherwise wake the loop at once, again and again).
+        let deadline = match closing {
+            Some(c) => Some(c),
+            None => [idle_deadline, chain.deadline(), grace].into_iter().flatten().min(),
+        };
+        let deadline = deadline.unwrap_or(never);
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
@@ -382,7 +391,7 @@ pub(super) async fn run(
     };
 
     chain.on_connection_closed();
-    stats.downstream_cx_tx_bytes_buffered.set(0);
+    stats.downstream_cx_tx_bytes_buffered.add(-tx_buffered);
     match end {
         End::Normal | End::Idle => {
             let _ = shutdown_write(&down);
@@ -398,8 +407,4 @@ pub(super) async fn run(
             let _ = shutdown_write(&up);
         }
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86400 * 365)
 }
