@@ -485,6 +485,28 @@ fn post_empty() -> TestRequest {
     TestRequest::post("/e", "").header("x-echo-mode", "raw")
 }
 
+fn streamed_local_response(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    use pb::streamed_immediate_response::Response as Sir;
+    let sir = |x: Sir| Step::Send(pb::ProcessingResponse {
+        response: Some(pb::processing_response::Response::StreamedImmediateResponse(pb::StreamedImmediateResponse { response: Some(x) })),
+        ..Default::default()
+    });
+    if kind(r) != "rh" {
+        return send(continue_for(r));
+    }
+    let headers = envoy_types::pb::envoy::config::core::v3::HeaderMap {
+        headers: vec![
+            envoy_types::pb::envoy::config::core::v3::HeaderValue { key: ":status".into(), value: String::new(), raw_value: b"203".to_vec() },
+            envoy_types::pb::envoy::config::core::v3::HeaderValue { key: "x-local".into(), value: String::new(), raw_value: b"yes".to_vec() },
+        ],
+    };
+    vec![
+        sir(Sir::HeadersResponse(pb::HttpHeaders { headers: Some(headers), end_of_stream: false, ..Default::default() })),
+        sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b"part1-".to_vec(), end_of_stream: false, ..Default::default() })),
+        sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b"part2".to_vec(), end_of_stream: true, ..Default::default() })),
+    ]
+}
+
 fn metadata_only(_: &mut Ctx, _: &Req) -> Vec<Step> {
     send(pb::ProcessingResponse {
         dynamic_metadata: Some(envoy_types::pb::google::protobuf::Struct::default()),
@@ -682,6 +704,8 @@ pub fn all() -> Vec<Scenario> {
             routes: r#"[{match: {prefix: "/"}, route: {cluster: upstream}, typed_per_filter_config: {envoy.filters.http.ext_proc: {"@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, overrides: {grpc_service: {envoy_grpc: {cluster_name: proc}, initial_metadata: [{key: x-scenario, value: per_route_grpc_service}]}}}}}]"#,
             ..sc("per_route_grpc_service", set_remove)
         },
+        // The local response is streamed by Envoy, sent whole by extproxy (documented).
+        Scenario { request: get, expect: local_response_framing, ..sc("streamed_immediate_response", streamed_local_response) },
         // H3: Envoy forwards `hel` (truncated) and leaves `lo` on the upstream connection, where
         // it prefixes the next request (`loGET`); extproxy refuses the mismatch with 500. Last,
         // so the polluted upstream connection affects no other scenario.
@@ -737,4 +761,12 @@ fn expect_content_length_refused(o: &mut Obs, v: HttpVersion) {
     for k in ["immediate_responses_sent", "stream_msgs_received", "stream_msgs_sent"] {
         o.counters.insert(k.to_string(), n);
     }
+}
+
+/// extproxy sends a StreamedImmediateResponse as one local reply, which gets the local-reply
+/// default `content-type: text/plain` when the processor set none.
+fn local_response_framing(o: &mut Obs, _: HttpVersion) {
+    o.headers.remove("transfer-encoding");
+    o.headers.insert("content-length".into(), o.body.len().to_string());
+    o.headers.entry("content-type".into()).or_insert_with(|| "text/plain".into());
 }

@@ -389,6 +389,8 @@ pub struct Core {
     fd_seen: bool,
     /// `metadata_context` sent with every message.
     pub metadata_context: core::Metadata,
+    /// A `StreamedImmediateResponse` being received.
+    local_response: Option<LocalReply>,
     out: VecDeque<Action>,
 }
 
@@ -408,6 +410,7 @@ impl Core {
             closed: false,
             fd_seen: false,
             metadata_context: core::Metadata::default(),
+            local_response: None,
             out: VecDeque::new(),
         }
     }
@@ -943,7 +946,8 @@ impl Core {
     /// Moves a direction forward after an event or a reply: sends what is ready, forwards
     /// what may go, ends the direction when everything is out.
     fn advance(&mut self, d: Dir) {
-        if self.done {
+        if self.done || self.local_response.is_some() {
+            // A streamed local response is being received: the request goes nowhere.
             return;
         }
         if self.ds_ref(d).cb != Callback::Idle || self.ds_ref(d).ended || !self.ds_ref(d).started {
@@ -1065,7 +1069,7 @@ impl Core {
                     return;
                 }
             }
-            Resp::StreamedImmediateResponse(_) => Err(Failure::Spurious("unhandled message")),
+            Resp::StreamedImmediateResponse(sir) => self.on_streamed_immediate(sir),
         };
         match outcome {
             Ok(()) => {
@@ -1089,6 +1093,66 @@ impl Core {
                 self.error_reply(status, msg);
             }
         }
+    }
+
+    /// `StreamedImmediateResponse` (§4.12): allowed in reply to the request headers with body
+    /// mode NONE or FULL_DUPLEX_STREAMED. The local response is collected until it ends, then
+    /// sent as one local reply (extproxy's local replies are not streamed; trailers are
+    /// dropped). Counted in neither `immediate_responses_sent` nor anywhere but
+    /// `stream_msgs_received`, as Envoy.
+    fn on_streamed_immediate(&mut self, sir: pb::StreamedImmediateResponse) -> Result<(), Failure> {
+        use pb::streamed_immediate_response::Response as Sir;
+        let finished = match sir.response {
+            Some(Sir::HeadersResponse(h)) => {
+                let allowed = self.local_response.is_none()
+                    && self.req.cb == Callback::Headers
+                    && matches!(self.req.mode.body, BodyMode::None | BodyMode::FullDuplex);
+                if !allowed {
+                    return Err(Failure::Spurious("unhandled message"));
+                }
+                self.stop_timer(Dir::Request);
+                self.req.cb = Callback::Idle;
+                let mut reply = LocalReply { status: StatusCode::OK, details: "ext_proc_local_response".into(), ..Default::default() };
+                for hv in h.headers.map(|m| m.headers).unwrap_or_default() {
+                    let value: &[u8] = if hv.raw_value.is_empty() { hv.value.as_bytes() } else { &hv.raw_value };
+                    if hv.key == ":status" {
+                        if let Some(code) = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u16>().ok()) {
+                            reply.status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+                        }
+                    } else if let (Ok(k), Ok(v)) = (
+                        http::header::HeaderName::from_bytes(hv.key.to_ascii_lowercase().as_bytes()),
+                        http::HeaderValue::from_bytes(value),
+                    ) {
+                        reply.headers.append(k, v);
+                    }
+                }
+                self.local_response = Some(reply);
+                h.end_of_stream
+            }
+            Some(Sir::BodyResponse(b)) => {
+                let Some(reply) = self.local_response.as_mut() else { return Err(Failure::Spurious("unhandled message")) };
+                let mut body = BytesMut::from(&reply.body[..]);
+                body.extend_from_slice(&b.body);
+                reply.body = body.freeze();
+                b.end_of_stream
+            }
+            Some(Sir::TrailersResponse(_)) => {
+                if self.local_response.is_none() {
+                    return Err(Failure::Spurious("unhandled message"));
+                }
+                true
+            }
+            None => return Err(Failure::Spurious("unhandled message")),
+        };
+        if finished {
+            if let Some(reply) = self.local_response.take() {
+                self.done = true;
+                self.close();
+                self.stop_timer(Dir::Response);
+                self.out.push_back(Action::LocalReply(reply));
+            }
+        }
+        Ok(())
     }
 
     fn apply_metadata(&mut self, md: Option<Struct>) {

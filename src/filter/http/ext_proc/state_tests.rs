@@ -434,3 +434,29 @@ fn metadata_only_message_is_spurious_and_receiving_filters() {
     t.core.on_response(pb::ProcessingResponse { dynamic_metadata: Some(md), ..Default::default() });
     assert_eq!(drain(&mut t.core).last().map(String::as_str), Some("reply:500:unhandled_message"));
 }
+
+#[test]
+fn streamed_immediate_response_is_collected_into_one_local_reply() {
+    use pb::streamed_immediate_response::Response as Sir;
+    let sir = |x: Sir| resp(Resp::StreamedImmediateResponse(pb::StreamedImmediateResponse { response: Some(x) }));
+    let status = core::HeaderMap {
+        headers: vec![core::HeaderValue { key: ":status".into(), value: String::new(), raw_value: b"203".to_vec() }],
+    };
+    // Not allowed with a BUFFERED request body.
+    let mut t = t(mode(BodyMode::Buffered, BodyMode::None), |_| {});
+    t.core.on_headers(Dir::Request, req_head(Some(1)), false);
+    drain(&mut t.core);
+    t.core.on_response(sir(Sir::HeadersResponse(pb::HttpHeaders { headers: Some(status.clone()), ..Default::default() })));
+    assert_eq!(drain(&mut t.core).last().map(String::as_str), Some("reply:500:unhandled_message"));
+
+    let mut t = self::t(Mode::default(), |_| {});
+    t.core.on_headers(Dir::Request, req_head(None), true);
+    drain(&mut t.core);
+    t.core.on_response(sir(Sir::HeadersResponse(pb::HttpHeaders { headers: Some(status), ..Default::default() })));
+    t.core.on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b"ab".to_vec(), ..Default::default() })));
+    assert_eq!(drain(&mut t.core), ["stop:req"]);
+    t.core.on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b"c".to_vec(), end_of_stream: true, ..Default::default() })));
+    assert_eq!(drain(&mut t.core), ["close", "reply:203:ext_proc_local_response"]);
+    assert_eq!(t.stats.immediate_responses_sent.value(), 0);
+    assert_eq!(t.stats.stream_msgs_received.value(), 3);
+}
