@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: the `ExternalProcessor` / `ExtProcPerRoute` config and its validation;
+//! - [`mode`]: processing modes;
 //! - [`state`]: the protocol state machine (no I/O): which message is sent and expected when,
 //!   what each reply does, failures and timers;
 //! - [`mutation`]: header maps sent to the processor and header mutations applied back;
@@ -17,6 +18,7 @@
 pub mod attributes;
 pub mod config;
 pub mod mutation;
+pub mod mode;
 pub mod state;
 pub mod stats;
 pub mod stream;
