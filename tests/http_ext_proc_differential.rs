@@ -63,7 +63,8 @@ fn listener(s: &Scenario) -> Value {
 fn vhost(s: &Scenario, routes: Value) -> Value {
     let mut v = json!({"name": "all", "domains": ["*"], "routes": routes});
     if !s.vhost_per_filter.is_empty() {
-        v["typed_per_filter_config"] = serde_yaml_ng::from_str(s.vhost_per_filter).expect("vhost yaml");
+        v["typed_per_filter_config"] =
+            serde_yaml_ng::from_str(s.vhost_per_filter).expect("vhost yaml");
     }
     v
 }
@@ -100,7 +101,14 @@ struct Upstream {
     body: String,
 }
 
-const VOLATILE: &[&str] = &["date", "server", "x-envoy-upstream-service-time", "x-request-id", "x-forwarded-for", "x-envoy-expected-rq-timeout-ms"];
+const VOLATILE: &[&str] = &[
+    "date",
+    "server",
+    "x-envoy-upstream-service-time",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-envoy-expected-rq-timeout-ms",
+];
 
 fn norm_headers(h: &http::HeaderMap) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -119,20 +127,36 @@ fn norm_headers(h: &http::HeaderMap) -> BTreeMap<String, String> {
 
 fn describe_full(m: &envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest) -> String {
     let mut d = describe(m);
-    let names: Vec<String> = header_names(m).into_iter().filter(|n| !VOLATILE.contains(&n.as_str())).collect();
+    let names: Vec<String> = header_names(m)
+        .into_iter()
+        .filter(|n| !VOLATILE.contains(&n.as_str()))
+        .collect();
     if !names.is_empty() {
         d.push_str(&format!("[{}]", names.join(",")));
     }
     if let Some(pc) = &m.protocol_config {
-        d.push_str(&format!(" pc({},{},{})", pc.request_body_mode, pc.response_body_mode, pc.send_body_without_waiting_for_header_response));
+        d.push_str(&format!(
+            " pc({},{},{})",
+            pc.request_body_mode,
+            pc.response_body_mode,
+            pc.send_body_without_waiting_for_header_response
+        ));
     }
     if let Some(a) = m.attributes.get("envoy.filters.http.ext_proc") {
         let mut keys: Vec<String> = a
             .fields
             .iter()
             .map(|(k, v)| match &v.kind {
-                Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) if k != "source.address" && k != "destination.address" && k != "request.id" => format!("{k}={s}"),
-                Some(envoy_types::pb::google::protobuf::value::Kind::NumberValue(n)) if k == "response.code" => format!("{k}={n}"),
+                Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s))
+                    if k != "source.address" && k != "destination.address" && k != "request.id" =>
+                {
+                    format!("{k}={s}")
+                }
+                Some(envoy_types::pb::google::protobuf::value::Kind::NumberValue(n))
+                    if k == "response.code" =>
+                {
+                    format!("{k}={n}")
+                }
                 _ => k.clone(),
             })
             .collect();
@@ -145,13 +169,24 @@ fn describe_full(m: &envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRe
     d
 }
 
-async fn observe(proxy: &ProxyProcess, s: &Scenario, version: HttpVersion, upstream: &EchoHttpUpstream, proc: &Processor) -> Obs {
+async fn observe(
+    proxy: &ProxyProcess,
+    s: &Scenario,
+    version: HttpVersion,
+    upstream: &EchoHttpUpstream,
+    proc: &Processor,
+) -> Obs {
     let before = upstream.requests().len();
     let streams_before = proc.streams(s.name).len();
     let addr = proxy.listener_addr(s.name).await;
     let resp: TestResponse = match (s.request)().send(addr, version).await {
         Ok(r) => r,
-        Err(e) => TestResponse { status: 0, headers: Default::default(), body: format!("{e:#}").into(), trailers: Default::default() },
+        Err(e) => TestResponse {
+            status: 0,
+            headers: Default::default(),
+            body: format!("{e:#}").into(),
+            trailers: Default::default(),
+        },
     };
     // Let the proxies finish their side streams (close optimisation, deferred close).
     tokio::time::sleep(std::time::Duration::from_millis(s.settle_ms)).await;
@@ -162,18 +197,32 @@ async fn observe(proxy: &ProxyProcess, s: &Scenario, version: HttpVersion, upstr
         headers: r
             .headers
             .iter()
-            .filter(|(k, _)| !VOLATILE.contains(&k.as_str()) && !k.starts_with("x-forwarded") && k.as_str() != "host")
+            .filter(|(k, _)| {
+                !VOLATILE.contains(&k.as_str())
+                    && !k.starts_with("x-forwarded")
+                    && k.as_str() != "host"
+            })
             .map(|(k, v)| (k.clone(), v.join(",")))
             .collect(),
         body: String::from_utf8_lossy(&r.body).into_owned(),
     });
     let processor: Vec<String> = proc.streams(s.name)[streams_before..]
         .iter()
-        .map(|st| st.messages.iter().map(describe_full).collect::<Vec<_>>().join(" "))
+        .map(|st| {
+            st.messages
+                .iter()
+                .map(describe_full)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     let stats = proxy.stats().await;
     let prefix = format!("http.{}.ext_proc.", s.name);
-    let counters = stats.into_iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k[prefix.len()..].to_string(), v)).collect();
+    let counters = stats
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+        .collect();
     Obs {
         status: resp.status,
         headers: norm_headers(&resp.headers),
@@ -190,27 +239,60 @@ fn check(s: &Scenario, version: HttpVersion, envoy: &Obs, xp: &Obs) -> Vec<Strin
     let mut e = envoy.clone();
     let x = xp.clone();
     (s.expect)(&mut e, version);
-    let Expect { chunk_sensitive, skip_upstream, skip_counters, skip_processor, skip_headers } = s.skip;
-    let (e, x) = if chunk_sensitive { (merge_chunks(e), merge_chunks(x)) } else { (e, x) };
+    let Expect {
+        chunk_sensitive,
+        skip_upstream,
+        skip_counters,
+        skip_processor,
+        skip_headers,
+    } = s.skip;
+    let (e, x) = if chunk_sensitive {
+        (merge_chunks(e), merge_chunks(x))
+    } else {
+        (e, x)
+    };
     let mut cmp = |what: &str, a: String, b: String| {
         if a != b {
-            problems.push(format!("{} [{version:?}] {what}:\n  envoy:    {a}\n  extproxy: {b}", s.name));
+            problems.push(format!(
+                "{} [{version:?}] {what}:\n  envoy:    {a}\n  extproxy: {b}",
+                s.name
+            ));
         }
     };
     cmp("status", format!("{}", e.status), format!("{}", x.status));
     if !skip_headers {
-        cmp("headers", format!("{:?}", e.headers), format!("{:?}", x.headers));
+        cmp(
+            "headers",
+            format!("{:?}", e.headers),
+            format!("{:?}", x.headers),
+        );
     }
     cmp("body", format!("{:?}", e.body), format!("{:?}", x.body));
-    cmp("trailers", format!("{:?}", e.trailers), format!("{:?}", x.trailers));
+    cmp(
+        "trailers",
+        format!("{:?}", e.trailers),
+        format!("{:?}", x.trailers),
+    );
     if !skip_upstream {
-        cmp("upstream", format!("{:?}", e.upstream), format!("{:?}", x.upstream));
+        cmp(
+            "upstream",
+            format!("{:?}", e.upstream),
+            format!("{:?}", x.upstream),
+        );
     }
     if !skip_processor {
-        cmp("processor", format!("{:?}", e.processor), format!("{:?}", x.processor));
+        cmp(
+            "processor",
+            format!("{:?}", e.processor),
+            format!("{:?}", x.processor),
+        );
     }
     if !skip_counters {
-        cmp("counters", format!("{:?}", e.counters), format!("{:?}", x.counters));
+        cmp(
+            "counters",
+            format!("{:?}", e.counters),
+            format!("{:?}", x.counters),
+        );
     }
     problems
 }
@@ -223,7 +305,10 @@ fn merge_chunks(mut o: Obs) -> Obs {
         for tok in stream.split(' ') {
             if let (Some(last), Some((k, b))) = (out.last_mut(), tok.split_once(':')) {
                 let prefix = format!("{k}:");
-                if (k == "rb" || k == "sb") && last.starts_with(&prefix) && !last.trim_end_matches("~obs").ends_with('!') {
+                if (k == "rb" || k == "sb")
+                    && last.starts_with(&prefix)
+                    && !last.trim_end_matches("~obs").ends_with('!')
+                {
                     let obs = last.ends_with("~obs");
                     let mut merged = last.trim_end_matches("~obs").to_string();
                     merged.push_str(b);
@@ -255,14 +340,27 @@ async fn run(versions: &[HttpVersion]) {
     let envoy = ProxyProcess::envoy(&yaml).await.expect("envoy starts");
     if std::env::var("XP_ENVOY_ONLY").is_ok() {
         // Exploration aid: print what Envoy does.
-        for s in all.iter().filter(|s| only.as_deref().is_none_or(|o| o == s.name)) {
+        for s in all
+            .iter()
+            .filter(|s| only.as_deref().is_none_or(|o| o == s.name))
+        {
             for &v in versions {
-                eprintln!("== {} {v:?}\n{:#?}", s.name, observe(&envoy, s, v, &upstream, &proc).await);
+                eprintln!(
+                    "== {} {v:?}\n{:#?}",
+                    s.name,
+                    observe(&envoy, s, v, &upstream, &proc).await
+                );
             }
         }
         return;
     }
-    let xp = ProxyProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")), &yaml, &[]).await.expect("extproxy starts");
+    let xp = ProxyProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
+        &yaml,
+        &[],
+    )
+    .await
+    .expect("extproxy starts");
     let mut problems = Vec::new();
     for s in &all {
         if only.as_deref().is_some_and(|o| o != s.name) {
@@ -280,7 +378,12 @@ async fn run(versions: &[HttpVersion]) {
             problems.extend(check(s, v, &e, &x));
         }
     }
-    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
     assert!(all.len() >= 40, "at least 40 scenarios");
 }
 
@@ -327,8 +430,16 @@ fn validation_messages_match_envoy() {
         (format!("{svc}processing_mode: {{request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND}}\nfailure_mode_allow: true\nstatus_on_error: {{code: 200}}"), None),
     ];
     let run = |bin: &std::path::Path, cfg: &std::path::Path| {
-        let out = std::process::Command::new(bin).args(["--mode", "validate", "-c"]).arg(cfg).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+        let out = std::process::Command::new(bin)
+            .args(["--mode", "validate", "-c"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
     };
     for (i, (filter, err)) in cases.iter().enumerate() {
         let cfg = dir.join(&format!("c{i}.yaml"));
@@ -338,7 +449,10 @@ fn validation_messages_match_envoy() {
         assert_eq!(e_ok, err.is_none(), "envoy on {filter}: {e_out}");
         assert_eq!(x_ok, err.is_none(), "extproxy on {filter}: {x_out}");
         if let Some(msg) = err {
-            assert!(e_out.contains(msg) && x_out.contains(msg), "{filter}:\n envoy: {e_out}\n extproxy: {x_out}");
+            assert!(
+                e_out.contains(msg) && x_out.contains(msg),
+                "{filter}:\n envoy: {e_out}\n extproxy: {x_out}"
+            );
         }
     }
 }

@@ -34,7 +34,12 @@ fn proc_address(p: &Processor, unix: Option<&std::path::Path>) -> Value {
     }
 }
 
-fn bootstrap(filters: Vec<Value>, routes: Value, up: &EchoHttpUpstream, proc_addr: Value) -> String {
+fn bootstrap(
+    filters: Vec<Value>,
+    routes: Value,
+    up: &EchoHttpUpstream,
+    proc_addr: Value,
+) -> String {
     let mut http_filters = filters;
     // Several ext_proc filters need distinct names.
     for (i, f) in http_filters.iter_mut().enumerate() {
@@ -75,12 +80,24 @@ fn default_routes() -> Value {
 }
 
 async fn extproxy(yaml: &str) -> ProxyProcess {
-    ProxyProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")), yaml, &[]).await.expect("extproxy starts")
+    ProxyProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
+        yaml,
+        &[],
+    )
+    .await
+    .expect("extproxy starts")
 }
 
-fn tag(name: &'static str, value: &'static str) -> impl Fn(&mut Ctx, &pb::ProcessingRequest) -> Vec<Step> {
+fn tag(
+    name: &'static str,
+    value: &'static str,
+) -> impl Fn(&mut Ctx, &pb::ProcessingRequest) -> Vec<Step> {
     move |_, r| {
-        let common = pb::CommonResponse { header_mutation: Some(mutation(&[(name, value)], &[])), ..Default::default() };
+        let common = pb::CommonResponse {
+            header_mutation: Some(mutation(&[(name, value)], &[])),
+            ..Default::default()
+        };
         vec![Step::Send(with_common(r, common, None))]
     }
 }
@@ -92,7 +109,10 @@ async fn two_filters_each_with_its_side_stream_and_stats() {
     p.script("first", tag("x-first", "1"));
     p.script("second", tag("x-second", "2"));
     let yaml = bootstrap(
-        vec![ext_proc("first", json!({"stat_prefix": "a"})), ext_proc("second", json!({"stat_prefix": "b"}))],
+        vec![
+            ext_proc("first", json!({"stat_prefix": "a"})),
+            ext_proc("second", json!({"stat_prefix": "b"})),
+        ],
         default_routes(),
         &up,
         proc_address(&p, None),
@@ -100,7 +120,11 @@ async fn two_filters_each_with_its_side_stream_and_stats() {
     let proxy = extproxy(&yaml).await;
     let addr = proxy.listener_addr("ingress").await;
     for v in VERSIONS {
-        let resp = TestRequest::post("/x", "body").header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+        let resp = TestRequest::post("/x", "body")
+            .header("x-echo-mode", "raw")
+            .send(addr, v)
+            .await
+            .unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.text(), "body");
         assert_eq!(resp.header("x-first"), Some("1"));
@@ -116,9 +140,25 @@ async fn two_filters_each_with_its_side_stream_and_stats() {
     let first = &p.streams("first")[0];
     assert!(header(&first.messages[1], "x-second").is_some());
     for prefix in ["a", "b"] {
-        proxy.wait_counter(&format!("http.ingress.ext_proc.{prefix}.streams_closed"), 2, Duration::from_secs(5)).await;
-        assert_eq!(proxy.counter(&format!("http.ingress.ext_proc.{prefix}.stream_msgs_sent")).await, 4);
-        assert_eq!(proxy.counter(&format!("http.ingress.ext_proc.{prefix}.streams_started")).await, 2);
+        proxy
+            .wait_counter(
+                &format!("http.ingress.ext_proc.{prefix}.streams_closed"),
+                2,
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(
+            proxy
+                .counter(&format!("http.ingress.ext_proc.{prefix}.stream_msgs_sent"))
+                .await,
+            4
+        );
+        assert_eq!(
+            proxy
+                .counter(&format!("http.ingress.ext_proc.{prefix}.streams_started"))
+                .await,
+            2
+        );
     }
 }
 
@@ -126,21 +166,40 @@ async fn two_filters_each_with_its_side_stream_and_stats() {
 async fn side_streams_share_pooled_connections() {
     let up = echo_http_upstream().await;
     let p = Processor::start().await;
-    p.script("shared", |_, r| vec![Step::Sleep(Duration::from_millis(50)), Step::Send(continue_for(r))]);
-    let yaml = bootstrap(vec![ext_proc("shared", json!({}))], default_routes(), &up, proc_address(&p, None));
+    p.script("shared", |_, r| {
+        vec![
+            Step::Sleep(Duration::from_millis(50)),
+            Step::Send(continue_for(r)),
+        ]
+    });
+    let yaml = bootstrap(
+        vec![ext_proc("shared", json!({}))],
+        default_routes(),
+        &up,
+        proc_address(&p, None),
+    );
     let proxy = extproxy(&yaml).await;
     let addr = proxy.listener_addr("ingress").await;
     let mut tasks = Vec::new();
     for i in 0..40 {
         let v = VERSIONS[i % 2];
-        tasks.push(tokio::spawn(async move { TestRequest::get("/s").header("x-echo-mode", "raw").send(addr, v).await.map(|r| r.status) }));
+        tasks.push(tokio::spawn(async move {
+            TestRequest::get("/s")
+                .header("x-echo-mode", "raw")
+                .send(addr, v)
+                .await
+                .map(|r| r.status)
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), 200);
     }
     assert_eq!(p.streams("shared").len(), 40);
     let conns = p.connections.load(Ordering::SeqCst);
-    assert!(conns <= 4, "40 concurrent side streams used {conns} connections");
+    assert!(
+        conns <= 4,
+        "40 concurrent side streams used {conns} connections"
+    );
 }
 
 #[tokio::test]
@@ -150,11 +209,20 @@ async fn processor_on_a_unix_socket() {
     let path = dir.join("proc.sock");
     let p = Processor::start_unix(&path).await;
     p.script("unix", tag("x-via", "unix"));
-    let yaml = bootstrap(vec![ext_proc("unix", json!({}))], default_routes(), &up, proc_address(&p, Some(&path)));
+    let yaml = bootstrap(
+        vec![ext_proc("unix", json!({}))],
+        default_routes(),
+        &up,
+        proc_address(&p, Some(&path)),
+    );
     let proxy = extproxy(&yaml).await;
     let addr = proxy.listener_addr("ingress").await;
     for v in VERSIONS {
-        let resp = TestRequest::get("/u").header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+        let resp = TestRequest::get("/u")
+            .header("x-echo-mode", "raw")
+            .send(addr, v)
+            .await
+            .unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.header("x-via"), Some("unix"));
         assert_eq!(up.last_request().header("x-via"), Some("unix"));
@@ -167,29 +235,46 @@ async fn large_streamed_bodies_both_ways_are_intact() {
     let p = Processor::start().await;
     p.script("big", |_, r| match body_of(r) {
         Some((b, _)) => {
-            let common = pb::CommonResponse { body_mutation: Some(pb::BodyMutation { mutation: Some(pb::body_mutation::Mutation::Body(upper(b))) }), ..Default::default() };
+            let common = pb::CommonResponse {
+                body_mutation: Some(pb::BodyMutation {
+                    mutation: Some(pb::body_mutation::Mutation::Body(upper(b))),
+                }),
+                ..Default::default()
+            };
             vec![Step::Send(with_common(r, common, None))]
         }
         None => vec![Step::Send(continue_for(r))],
     });
     let yaml = bootstrap(
-        vec![ext_proc("big", json!({"processing_mode": {"request_body_mode": "STREAMED", "response_body_mode": "STREAMED"}}))],
+        vec![ext_proc(
+            "big",
+            json!({"processing_mode": {"request_body_mode": "STREAMED", "response_body_mode": "STREAMED"}}),
+        )],
         default_routes(),
         &up,
         proc_address(&p, None),
     );
     let proxy = extproxy(&yaml).await;
     let addr = proxy.listener_addr("ingress").await;
-    let body: String = (0..(1 << 20)).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let body: String = (0..(1 << 20))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
     for v in VERSIONS {
-        let resp = TestRequest::post("/big", body.clone()).header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+        let resp = TestRequest::post("/big", body.clone())
+            .header("x-echo-mode", "raw")
+            .send(addr, v)
+            .await
+            .unwrap();
         assert_eq!(resp.status, 200);
         // Upper-cased on the way in, upper-cased (no-op) on the way out.
         assert_eq!(resp.body.len(), body.len());
         assert_eq!(resp.text(), body.to_ascii_uppercase());
         let seen = up.last_request();
         assert_eq!(seen.body.len(), body.len());
-        assert!(seen.header("content-length").is_none(), "STREAMED strips content-length");
+        assert!(
+            seen.header("content-length").is_none(),
+            "STREAMED strips content-length"
+        );
     }
 }
 
@@ -199,14 +284,33 @@ async fn crlf_in_a_mutation_is_rejected_counted_and_never_forwarded() {
     let p = Processor::start().await;
     p.script("crlf", |_, r| {
         let m = mutation(&[("x-evil", "a\r\nx-smuggled: 1")], &[]);
-        vec![Step::Send(with_common(r, pb::CommonResponse { header_mutation: Some(m), ..Default::default() }, None))]
+        vec![Step::Send(with_common(
+            r,
+            pb::CommonResponse {
+                header_mutation: Some(m),
+                ..Default::default()
+            },
+            None,
+        ))]
     });
     p.script("nul", |_, r| {
         let m = mutation(&[("x-nul\0", "v")], &[]);
-        vec![Step::Send(with_common(r, pb::CommonResponse { header_mutation: Some(m), ..Default::default() }, None))]
+        vec![Step::Send(with_common(
+            r,
+            pb::CommonResponse {
+                header_mutation: Some(m),
+                ..Default::default()
+            },
+            None,
+        ))]
     });
     for scenario in ["crlf", "nul"] {
-        let yaml = bootstrap(vec![ext_proc(scenario, json!({}))], default_routes(), &up, proc_address(&p, None));
+        let yaml = bootstrap(
+            vec![ext_proc(scenario, json!({}))],
+            default_routes(),
+            &up,
+            proc_address(&p, None),
+        );
         let proxy = extproxy(&yaml).await;
         let addr = proxy.listener_addr("ingress").await;
         let before = up.requests().len();
@@ -216,7 +320,12 @@ async fn crlf_in_a_mutation_is_rejected_counted_and_never_forwarded() {
             assert!(resp.header("x-smuggled").is_none());
         }
         assert_eq!(up.requests().len(), before, "nothing reached the upstream");
-        assert_eq!(proxy.counter("http.ingress.ext_proc.rejected_header_mutations").await, 2);
+        assert_eq!(
+            proxy
+                .counter("http.ingress.ext_proc.rejected_header_mutations")
+                .await,
+            2
+        );
     }
 }
 
@@ -229,14 +338,26 @@ async fn processor_down_fails_closed_or_open() {
     drop(dead);
     let addr_v = json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
     for (open, status) in [(false, 500), (true, 200)] {
-        let yaml = bootstrap(vec![ext_proc("down", json!({"failure_mode_allow": open}))], default_routes(), &up, addr_v.clone());
+        let yaml = bootstrap(
+            vec![ext_proc("down", json!({"failure_mode_allow": open}))],
+            default_routes(),
+            &up,
+            addr_v.clone(),
+        );
         let proxy = extproxy(&yaml).await;
         let addr = proxy.listener_addr("ingress").await;
         for v in VERSIONS {
-            let resp = TestRequest::get("/d").header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+            let resp = TestRequest::get("/d")
+                .header("x-echo-mode", "raw")
+                .send(addr, v)
+                .await
+                .unwrap();
             assert_eq!(resp.status, status, "failure_mode_allow: {open}");
         }
-        assert_eq!(proxy.counter("http.ingress.ext_proc.streams_failed").await, 2);
+        assert_eq!(
+            proxy.counter("http.ingress.ext_proc.streams_failed").await,
+            2
+        );
     }
 }
 
@@ -247,19 +368,45 @@ async fn dynamic_metadata_flows_from_one_filter_to_the_next() {
     p.script("writer", |_, r| {
         let mut resp = continue_for(r);
         let inner = envoy_types::pb::google::protobuf::Struct {
-            fields: [("user".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("alice".into())) })].into_iter().collect(),
+            fields: [(
+                "user".to_string(),
+                envoy_types::pb::google::protobuf::Value {
+                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                        "alice".into(),
+                    )),
+                },
+            )]
+            .into_iter()
+            .collect(),
         };
-        let ns = |s: envoy_types::pb::google::protobuf::Struct| envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(s)) };
+        let ns = |s: envoy_types::pb::google::protobuf::Struct| {
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(
+                    s,
+                )),
+            }
+        };
         resp.dynamic_metadata = Some(envoy_types::pb::google::protobuf::Struct {
-            fields: [("auth".to_string(), ns(inner.clone())), ("ignored".to_string(), ns(inner))].into_iter().collect(),
+            fields: [
+                ("auth".to_string(), ns(inner.clone())),
+                ("ignored".to_string(), ns(inner)),
+            ]
+            .into_iter()
+            .collect(),
         });
         vec![Step::Send(resp)]
     });
     p.script("reader", |_, r| vec![Step::Send(continue_for(r))]);
     let yaml = bootstrap(
         vec![
-            ext_proc("writer", json!({"metadata_options": {"receiving_namespaces": {"untyped": ["auth"]}}, "processing_mode": {"response_header_mode": "SKIP"}})),
-            ext_proc("reader", json!({"metadata_options": {"forwarding_namespaces": {"untyped": ["auth", "ignored", "absent"]}}, "processing_mode": {"response_header_mode": "SKIP"}})),
+            ext_proc(
+                "writer",
+                json!({"metadata_options": {"receiving_namespaces": {"untyped": ["auth"]}}, "processing_mode": {"response_header_mode": "SKIP"}}),
+            ),
+            ext_proc(
+                "reader",
+                json!({"metadata_options": {"forwarding_namespaces": {"untyped": ["auth", "ignored", "absent"]}}, "processing_mode": {"response_header_mode": "SKIP"}}),
+            ),
         ],
         default_routes(),
         &up,
@@ -267,11 +414,22 @@ async fn dynamic_metadata_flows_from_one_filter_to_the_next() {
     );
     let proxy = extproxy(&yaml).await;
     let addr = proxy.listener_addr("ingress").await;
-    let resp = TestRequest::get("/m").header("x-echo-mode", "raw").send(addr, HttpVersion::Http1).await.unwrap();
+    let resp = TestRequest::get("/m")
+        .header("x-echo-mode", "raw")
+        .send(addr, HttpVersion::Http1)
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
-    let md = p.streams("reader")[0].messages[0].metadata_context.clone().unwrap();
+    let md = p.streams("reader")[0].messages[0]
+        .metadata_context
+        .clone()
+        .unwrap();
     let keys: Vec<_> = md.filter_metadata.keys().cloned().collect();
-    assert_eq!(keys, ["auth"], "only received namespaces are written; absent ones are omitted");
+    assert_eq!(
+        keys,
+        ["auth"],
+        "only received namespaces are written; absent ones are omitted"
+    );
 }
 
 #[tokio::test]
@@ -288,7 +446,12 @@ async fn per_route_grpc_initial_metadata_selects_the_processor_behaviour() {
         {"match": {"prefix": "/routed"}, "route": {"cluster": "upstream"}, "typed_per_filter_config": per_route},
         {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}},
     ]);
-    let yaml = bootstrap(vec![ext_proc("base", json!({}))], routes, &up, proc_address(&p, None));
+    let yaml = bootstrap(
+        vec![ext_proc("base", json!({}))],
+        routes,
+        &up,
+        proc_address(&p, None),
+    );
     let proxy = extproxy(&yaml).await;
     let addr = proxy.listener_addr("ingress").await;
     for v in VERSIONS {
@@ -298,7 +461,10 @@ async fn per_route_grpc_initial_metadata_selects_the_processor_behaviour() {
         assert_eq!(b.header("x-which"), Some("base"));
     }
     let routed = &p.streams("routed")[0];
-    assert!(routed.metadata.iter().any(|(k, v)| k == "x-extra" && v == "1"));
+    assert!(routed
+        .metadata
+        .iter()
+        .any(|(k, v)| k == "x-extra" && v == "1"));
 }
 
 #[tokio::test]
@@ -306,7 +472,10 @@ async fn full_duplex_both_directions() {
     let up = echo_http_upstream().await;
     let p = Processor::start().await;
     p.script("fd", |_, r| match body_of(r) {
-        Some((b, eos)) => vec![Step::Send(streamed(r, &upper(b), false)), Step::Send(streamed(r, b"|", eos))],
+        Some((b, eos)) => vec![
+            Step::Send(streamed(r, &upper(b), false)),
+            Step::Send(streamed(r, b"|", eos)),
+        ],
         None if kind(r) == "rt" || kind(r) == "st" => vec![Step::Send(continue_for(r))],
         None => vec![Step::Send(continue_for(r))],
     });
@@ -332,7 +501,11 @@ async fn full_duplex_both_directions() {
         let seen = up.last_request();
         let up_body = String::from_utf8_lossy(&seen.body).into_owned();
         assert_eq!(up_body.replace('|', ""), "ABCD", "{up_body}");
-        assert!(resp.text().replace('|', "").starts_with("ABCD"), "{}", resp.text());
+        assert!(
+            resp.text().replace('|', "").starts_with("ABCD"),
+            "{}",
+            resp.text()
+        );
     }
 }
 
@@ -340,8 +513,19 @@ async fn full_duplex_both_directions() {
 async fn slow_processor_times_out_with_504_and_late_replies_are_ignored() {
     let up = echo_http_upstream().await;
     let p = Processor::start().await;
-    p.script("slow", |_, r| vec![Step::Sleep(Duration::from_millis(400)), Step::Send(continue_for(r)), Step::Send(continue_for(r))]);
-    let yaml = bootstrap(vec![ext_proc("slow", json!({"message_timeout": "0.1s"}))], default_routes(), &up, proc_address(&p, None));
+    p.script("slow", |_, r| {
+        vec![
+            Step::Sleep(Duration::from_millis(400)),
+            Step::Send(continue_for(r)),
+            Step::Send(continue_for(r)),
+        ]
+    });
+    let yaml = bootstrap(
+        vec![ext_proc("slow", json!({"message_timeout": "0.1s"}))],
+        default_routes(),
+        &up,
+        proc_address(&p, None),
+    );
     let proxy = extproxy(&yaml).await;
     let addr = proxy.listener_addr("ingress").await;
     for v in VERSIONS {
@@ -350,8 +534,18 @@ async fn slow_processor_times_out_with_504_and_late_replies_are_ignored() {
         assert!(resp.body.is_empty());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(proxy.counter("http.ingress.ext_proc.message_timeouts").await, 2);
-    assert_eq!(proxy.counter("http.ingress.ext_proc.spurious_msgs_received").await, 0);
+    assert_eq!(
+        proxy
+            .counter("http.ingress.ext_proc.message_timeouts")
+            .await,
+        2
+    );
+    assert_eq!(
+        proxy
+            .counter("http.ingress.ext_proc.spurious_msgs_received")
+            .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -359,9 +553,17 @@ async fn observability_mode_does_not_wait_and_defers_the_close() {
     let up = echo_http_upstream().await;
     let p = Processor::start().await;
     // A slow processor: each message takes 300 ms; its answers are ignored anyway.
-    p.script("obs", |_, r| vec![Step::Sleep(Duration::from_millis(300)), Step::Send(continue_for(r))]);
+    p.script("obs", |_, r| {
+        vec![
+            Step::Sleep(Duration::from_millis(300)),
+            Step::Send(continue_for(r)),
+        ]
+    });
     let yaml = bootstrap(
-        vec![ext_proc("obs", json!({"observability_mode": true, "deferred_close_timeout": "3s", "processing_mode": {"request_body_mode": "STREAMED"}}))],
+        vec![ext_proc(
+            "obs",
+            json!({"observability_mode": true, "deferred_close_timeout": "3s", "processing_mode": {"request_body_mode": "STREAMED"}}),
+        )],
         default_routes(),
         &up,
         proc_address(&p, None),
@@ -370,10 +572,18 @@ async fn observability_mode_does_not_wait_and_defers_the_close() {
     let addr = proxy.listener_addr("ingress").await;
     for v in VERSIONS {
         let start = std::time::Instant::now();
-        let resp = TestRequest::post("/o", "observed").header("x-echo-mode", "raw").send(addr, v).await.unwrap();
+        let resp = TestRequest::post("/o", "observed")
+            .header("x-echo-mode", "raw")
+            .send(addr, v)
+            .await
+            .unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.text(), "observed");
-        assert!(start.elapsed() < Duration::from_millis(250), "the request did not wait: {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(250),
+            "the request did not wait: {:?}",
+            start.elapsed()
+        );
     }
     // The side streams outlive the requests and deliver everything (headers, body, response headers).
     let done = |s: &StreamLog| s.messages.last().is_some_and(|m| kind(m) == "sh");
@@ -389,10 +599,25 @@ async fn observability_mode_does_not_wait_and_defers_the_close() {
         let kinds: Vec<_> = s.messages.iter().map(kind).collect();
         assert_eq!(kinds.first(), Some(&"rh"));
         assert_eq!(kinds.last(), Some(&"sh"), "{kinds:?}");
-        let body: Vec<u8> = s.messages.iter().filter_map(body_of).flat_map(|(b, _)| b.to_vec()).collect();
+        let body: Vec<u8> = s
+            .messages
+            .iter()
+            .filter_map(body_of)
+            .flat_map(|(b, _)| b.to_vec())
+            .collect();
         assert_eq!(body, b"observed");
-        assert!(s.messages.iter().filter_map(body_of).next_back().is_some_and(|(_, eos)| eos));
+        assert!(s
+            .messages
+            .iter()
+            .filter_map(body_of)
+            .next_back()
+            .is_some_and(|(_, eos)| eos));
         assert!(s.messages.iter().all(|m| m.observability_mode));
     }
-    assert_eq!(proxy.counter("http.ingress.ext_proc.stream_msgs_received").await, 0);
+    assert_eq!(
+        proxy
+            .counter("http.ingress.ext_proc.stream_msgs_received")
+            .await,
+        0
+    );
 }

@@ -9,7 +9,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 use ext_proc_support::*;
 use extproxy::cluster::ClusterManager;
 use extproxy::filter::http::ext_proc::{self, StreamFilter};
-use extproxy::filter::http::{full_body, empty_body, Body, BuildContext, ConnectionInfo, StreamAbort, StreamContext};
+use extproxy::filter::http::{
+    empty_body, full_body, Body, BuildContext, ConnectionInfo, StreamAbort, StreamContext,
+};
 use extproxy::stats::Store;
 use http_body_util::BodyExt;
 use std::sync::Arc;
@@ -27,7 +29,13 @@ fn env(processor_cluster: &str, filter_yaml: &str) -> Env {
     let stats = Store::new();
     let clusters = Arc::new(ClusterManager::build(&[cluster], &stats, 1).unwrap());
     let any: extproxy::config::RawAny = serde_yaml_ng::from_str(filter_yaml).unwrap();
-    let ctx = BuildContext { filter_name: ext_proc::NAME, hcm_stat_prefix: "test", clusters: &clusters, stats: &stats, buffer_limit: 1024 };
+    let ctx = BuildContext {
+        filter_name: ext_proc::NAME,
+        hcm_stat_prefix: "test",
+        clusters: &clusters,
+        stats: &stats,
+        buffer_limit: 1024,
+    };
     let filter = ext_proc::build(&any, "f", &ctx).unwrap();
     Env { filter, stats }
 }
@@ -64,7 +72,11 @@ message_timeout: 2s
 
 fn cx() -> StreamContext {
     StreamContext {
-        connection: ConnectionInfo { id: 7, peer: "127.0.0.1:5555".parse().unwrap(), local: "127.0.0.1:8080".parse().unwrap() },
+        connection: ConnectionInfo {
+            id: 7,
+            peer: "127.0.0.1:5555".parse().unwrap(),
+            local: "127.0.0.1:8080".parse().unwrap(),
+        },
         stat_prefix: "test".into(),
         route: None,
         route_cache_cleared: false,
@@ -76,28 +88,47 @@ fn cx() -> StreamContext {
 }
 
 fn request(body: Option<&'static str>) -> http::Request<Body> {
-    let b = http::Request::builder().method(if body.is_some() { "POST" } else { "GET" }).uri("http://example.com/p?q=1").header("x-a", "1");
+    let b = http::Request::builder()
+        .method(if body.is_some() { "POST" } else { "GET" })
+        .uri("http://example.com/p?q=1")
+        .header("x-a", "1");
     match body {
-        Some(s) => b.header("content-length", s.len().to_string()).body(full_body(s)).unwrap(),
+        Some(s) => b
+            .header("content-length", s.len().to_string())
+            .body(full_body(s))
+            .unwrap(),
         None => b.body(empty_body()).unwrap(),
     }
 }
 
 fn chunked_request(chunks: &[&'static str]) -> http::Request<Body> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, extproxy::filter::http::BoxError>>(8);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<http_body::Frame<Bytes>, extproxy::filter::http::BoxError>,
+    >(8);
     let chunks: Vec<&'static str> = chunks.to_vec();
     tokio::spawn(async move {
         for c in chunks {
-            let _ = tx.send(Ok(http_body::Frame::data(Bytes::from_static(c.as_bytes())))).await;
+            let _ = tx
+                .send(Ok(http_body::Frame::data(Bytes::from_static(c.as_bytes()))))
+                .await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync();
-    http::Request::builder().method("POST").uri("http://example.com/s").body(body).unwrap()
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .boxed_unsync();
+    http::Request::builder()
+        .method("POST")
+        .uri("http://example.com/s")
+        .body(body)
+        .unwrap()
 }
 
 fn response(body: &'static str) -> http::Response<Body> {
-    http::Response::builder().status(200).header("content-length", body.len().to_string()).body(full_body(body)).unwrap()
+    http::Response::builder()
+        .status(200)
+        .header("content-length", body.len().to_string())
+        .body(full_body(body))
+        .unwrap()
 }
 
 async fn collect(b: Body) -> Bytes {
@@ -105,7 +136,9 @@ async fn collect(b: Body) -> Bytes {
 }
 
 fn counter(e: &Env, name: &str) -> i64 {
-    e.stats.get(&format!("http.test.ext_proc.{name}")).unwrap_or(-1)
+    e.stats
+        .get(&format!("http.test.ext_proc.{name}"))
+        .unwrap_or(-1)
 }
 
 async fn eventually(f: impl Fn() -> bool) {
@@ -141,10 +174,16 @@ async fn headers_both_ways_with_mutations() {
     let s = &p.streams("hdrs")[0];
     let kinds: Vec<_> = s.messages.iter().map(describe).collect();
     assert_eq!(kinds, ["rh!", "sh"]);
-    assert_eq!(header_names(&s.messages[0])[..4], [":authority", ":path", ":method", ":scheme"]);
+    assert_eq!(
+        header_names(&s.messages[0])[..4],
+        [":authority", ":path", ":method", ":scheme"]
+    );
     assert!(s.messages[0].protocol_config.is_some());
     assert!(s.messages[1].protocol_config.is_none());
-    assert!(s.metadata.iter().any(|(k, v)| k == "x-envoy-internal" && v == "true"));
+    assert!(s
+        .metadata
+        .iter()
+        .any(|(k, v)| k == "x-envoy-internal" && v == "true"));
     assert_eq!(counter(&e, "stream_msgs_sent"), 2);
     assert_eq!(counter(&e, "stream_msgs_received"), 2);
     assert_eq!(counter(&e, "streams_started"), 1);
@@ -157,13 +196,25 @@ async fn buffered_body_replaced_with_matching_content_length() {
     let p = Processor::start().await;
     p.script("buf", |_, req| {
         let common = match kind(req) {
-            "rh" => pb::CommonResponse { header_mutation: Some(mutation(&[("content-length", "5")], &[])), ..Default::default() },
-            "rb" => pb::CommonResponse { body_mutation: Some(body("HELLO")), ..Default::default() },
+            "rh" => pb::CommonResponse {
+                header_mutation: Some(mutation(&[("content-length", "5")], &[])),
+                ..Default::default()
+            },
+            "rb" => pb::CommonResponse {
+                body_mutation: Some(body("HELLO")),
+                ..Default::default()
+            },
             _ => Default::default(),
         };
         vec![Step::Send(with_common(req, common, None))]
     });
-    let e = env(&tcp_cluster(&p), &filter_yaml("buf", "processing_mode: {request_body_mode: BUFFERED, response_header_mode: SKIP}"));
+    let e = env(
+        &tcp_cluster(&p),
+        &filter_yaml(
+            "buf",
+            "processing_mode: {request_body_mode: BUFFERED, response_header_mode: SKIP}",
+        ),
+    );
     let mut f = StreamFilter::new(e.filter.clone());
     let mut cx = cx();
     let req = f.decode(request(Some("hi")), &mut cx).await.unwrap();
@@ -176,7 +227,10 @@ async fn buffered_body_replaced_with_matching_content_length() {
 #[tokio::test]
 async fn buffered_over_limit_is_413() {
     let p = Processor::start().await;
-    let e = env(&tcp_cluster(&p), &filter_yaml("big", "processing_mode: {request_body_mode: BUFFERED}"));
+    let e = env(
+        &tcp_cluster(&p),
+        &filter_yaml("big", "processing_mode: {request_body_mode: BUFFERED}"),
+    );
     let mut f = StreamFilter::new(e.filter.clone());
     let mut cx = cx();
     let big: &'static str = Box::leak("x".repeat(2000).into_boxed_str());
@@ -189,28 +243,52 @@ async fn streamed_chunks_are_transformed_in_order() {
     let p = Processor::start().await;
     p.script("up", |_, req| match body_of(req) {
         Some((b, _)) => {
-            let common = pb::CommonResponse { body_mutation: Some(body(&String::from_utf8_lossy(&upper(b)))), ..Default::default() };
+            let common = pb::CommonResponse {
+                body_mutation: Some(body(&String::from_utf8_lossy(&upper(b)))),
+                ..Default::default()
+            };
             vec![Step::Send(with_common(req, common, None))]
         }
         None => vec![Step::Send(continue_for(req))],
     });
-    let e = env(&tcp_cluster(&p), &filter_yaml("up", "processing_mode: {request_body_mode: STREAMED, response_header_mode: SKIP}"));
+    let e = env(
+        &tcp_cluster(&p),
+        &filter_yaml(
+            "up",
+            "processing_mode: {request_body_mode: STREAMED, response_header_mode: SKIP}",
+        ),
+    );
     let mut f = StreamFilter::new(e.filter.clone());
     let mut cx = cx();
-    let req = f.decode(chunked_request(&["aaa", "bbb", "ccc"]), &mut cx).await.unwrap();
+    let req = f
+        .decode(chunked_request(&["aaa", "bbb", "ccc"]), &mut cx)
+        .await
+        .unwrap();
     assert_eq!(collect(req.into_body()).await, "AAABBBCCC");
     let msgs = &p.streams("up")[0].messages;
     assert_eq!(describe(&msgs[0]), "rh");
-    let sent: Vec<u8> = msgs[1..].iter().flat_map(|m| body_of(m).unwrap().0.to_vec()).collect();
+    let sent: Vec<u8> = msgs[1..]
+        .iter()
+        .flat_map(|m| body_of(m).unwrap().0.to_vec())
+        .collect();
     assert_eq!(sent, b"aaabbbccc");
-    assert!(body_of(msgs.last().unwrap()).unwrap().1, "the last body message ends the stream");
+    assert!(
+        body_of(msgs.last().unwrap()).unwrap().1,
+        "the last body message ends the stream"
+    );
 }
 
 #[tokio::test]
 async fn message_timeout_is_504() {
     let p = Processor::start().await;
     p.script("slow", |_, _| vec![Step::Sleep(Duration::from_secs(5))]);
-    let e = env(&tcp_cluster(&p), &filter_yaml("slow", "message_timeout: 0.1s\nstatus_on_error: {code: 503}"));
+    let e = env(
+        &tcp_cluster(&p),
+        &filter_yaml(
+            "slow",
+            "message_timeout: 0.1s\nstatus_on_error: {code: 503}",
+        ),
+    );
     let mut f = StreamFilter::new(e.filter.clone());
     let err = f.decode(request(None), &mut cx()).await.unwrap_err();
     assert_eq!(err.status, 504);
@@ -223,12 +301,24 @@ async fn message_timeout_is_504() {
 async fn grpc_error_fails_closed_and_open() {
     let p = Processor::start().await;
     p.script("fail", |_, _| vec![Step::Fail(Status::internal("boom"))]);
-    let e = env(&tcp_cluster(&p), &filter_yaml("fail", "status_on_error: {code: 503}"));
-    let err = StreamFilter::new(e.filter.clone()).decode(request(None), &mut cx()).await.unwrap_err();
+    let e = env(
+        &tcp_cluster(&p),
+        &filter_yaml("fail", "status_on_error: {code: 503}"),
+    );
+    let err = StreamFilter::new(e.filter.clone())
+        .decode(request(None), &mut cx())
+        .await
+        .unwrap_err();
     assert_eq!(err.status, 503);
     assert_eq!(err.details, "ext_proc_error_gRPC_error_13{boom}");
-    let e = env(&tcp_cluster(&p), &filter_yaml("fail", "failure_mode_allow: true"));
-    let req = StreamFilter::new(e.filter.clone()).decode(request(None), &mut cx()).await.unwrap();
+    let e = env(
+        &tcp_cluster(&p),
+        &filter_yaml("fail", "failure_mode_allow: true"),
+    );
+    let req = StreamFilter::new(e.filter.clone())
+        .decode(request(None), &mut cx())
+        .await
+        .unwrap();
     assert_eq!(req.headers()["x-a"], "1");
     assert_eq!(counter(&e, "failure_mode_allowed"), 1);
     assert_eq!(counter(&e, "streams_failed"), 1);
@@ -237,9 +327,19 @@ async fn grpc_error_fails_closed_and_open() {
 #[tokio::test]
 async fn immediate_response() {
     let p = Processor::start().await;
-    p.script("deny", |_, _| vec![Step::Send(immediate(401, "nope", &[("x-why", "auth")], "bad auth"))]);
+    p.script("deny", |_, _| {
+        vec![Step::Send(immediate(
+            401,
+            "nope",
+            &[("x-why", "auth")],
+            "bad auth",
+        ))]
+    });
     let e = env(&tcp_cluster(&p), &filter_yaml("deny", ""));
-    let err = StreamFilter::new(e.filter.clone()).decode(request(None), &mut cx()).await.unwrap_err();
+    let err = StreamFilter::new(e.filter.clone())
+        .decode(request(None), &mut cx())
+        .await
+        .unwrap_err();
     assert_eq!(err.status, 401);
     assert_eq!(err.body, "nope");
     assert_eq!(err.headers["x-why"], "auth");
@@ -251,9 +351,15 @@ async fn missing_cluster_is_500_without_a_stream() {
     let p = Processor::start().await;
     let yaml = filter_yaml("x", "").replace("cluster_name: proc", "cluster_name: nowhere");
     let e = env(&tcp_cluster(&p), &yaml);
-    let err = StreamFilter::new(e.filter.clone()).decode(request(None), &mut cx()).await.unwrap_err();
+    let err = StreamFilter::new(e.filter.clone())
+        .decode(request(None), &mut cx())
+        .await
+        .unwrap_err();
     assert_eq!(err.status, 500);
-    assert_eq!(err.details, "ext_proc_error_gRPC_error_14{Cluster_not_available}");
+    assert_eq!(
+        err.details,
+        "ext_proc_error_gRPC_error_14{Cluster_not_available}"
+    );
     assert_eq!(counter(&e, "streams_started"), 0);
 }
 
@@ -275,11 +381,19 @@ load_assignment:
 "#,
         dir.display()
     );
-    let e = env(&cluster, &filter_yaml("unix", "processing_mode: {response_header_mode: SKIP}"));
+    let e = env(
+        &cluster,
+        &filter_yaml("unix", "processing_mode: {response_header_mode: SKIP}"),
+    );
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let filter = e.filter.clone();
-        tasks.push(tokio::spawn(async move { StreamFilter::new(filter).decode(request(None), &mut cx()).await.map(|_| ()) }));
+        tasks.push(tokio::spawn(async move {
+            StreamFilter::new(filter)
+                .decode(request(None), &mut cx())
+                .await
+                .map(|_| ())
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();

@@ -6,7 +6,9 @@
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{ExternalProcessor, ExternalProcessorServer};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
 use pb::processing_request::Request as Req;
 use pb::processing_response::Response as Resp;
 use std::collections::HashMap;
@@ -86,29 +88,50 @@ fn header_of(req: &pb::ProcessingRequest, name: &str) -> Option<String> {
         .headers
         .iter()
         .find(|x| x.key == name)
-        .map(|x| String::from_utf8_lossy(if x.raw_value.is_empty() { x.value.as_bytes() } else { &x.raw_value }).into_owned())
+        .map(|x| {
+            String::from_utf8_lossy(if x.raw_value.is_empty() {
+                x.value.as_bytes()
+            } else {
+                &x.raw_value
+            })
+            .into_owned()
+        })
 }
 
 #[tonic::async_trait]
 impl ExternalProcessor for Svc {
     type ProcessStream = ReceiverStream<Result<pb::ProcessingResponse, Status>>;
 
-    async fn process(&self, request: Request<Streaming<pb::ProcessingRequest>>) -> Result<Response<Self::ProcessStream>, Status> {
+    async fn process(
+        &self,
+        request: Request<Streaming<pb::ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
         let metadata: Vec<(String, String)> = request
             .metadata()
             .clone()
             .into_headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
-        let mut scenario = metadata.iter().find(|(k, _)| k == "x-scenario").map(|(_, v)| v.clone());
+        let mut scenario = metadata
+            .iter()
+            .find(|(k, _)| k == "x-scenario")
+            .map(|(_, v)| v.clone());
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let scripts = self.scripts.clone();
         let log = self.log.clone();
         let idx = {
             let mut l = log.lock().unwrap();
-            l.push(StreamLog { metadata, ..Default::default() });
+            l.push(StreamLog {
+                metadata,
+                ..Default::default()
+            });
             l.len() - 1
         };
         tokio::spawn(async move {
@@ -166,19 +189,30 @@ impl Processor {
     pub async fn start() -> Processor {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        Self::serve(addr, tokio_stream::wrappers::TcpListenerStream::new(listener))
+        Self::serve(
+            addr,
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+        )
     }
 
     /// Starts a processor on a Unix socket.
     pub async fn start_unix(path: &std::path::Path) -> Processor {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
-        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0)), tokio_stream::wrappers::UnixListenerStream::new(listener))
+        Self::serve(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+        )
     }
 
     fn serve<S, IO>(addr: SocketAddr, incoming: S) -> Processor
     where
         S: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
     {
         use tokio_stream::StreamExt;
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -189,24 +223,45 @@ impl Processor {
         });
         let scripts = Arc::new(Mutex::new(HashMap::new()));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let svc = Svc { scripts: scripts.clone(), log: log.clone() };
+        let svc = Svc {
+            scripts: scripts.clone(),
+            log: log.clone(),
+        };
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(ExternalProcessorServer::new(svc))
                 .serve_with_incoming(incoming)
                 .await;
         });
-        Processor { addr, scripts, log, connections }
+        Processor {
+            addr,
+            scripts,
+            log,
+            connections,
+        }
     }
 
     /// Registers a scenario.
-    pub fn script(&self, name: &str, f: impl Fn(&mut Ctx, &pb::ProcessingRequest) -> Vec<Step> + Send + Sync + 'static) {
-        self.scripts.lock().unwrap().insert(name.to_string(), Arc::new(f));
+    pub fn script(
+        &self,
+        name: &str,
+        f: impl Fn(&mut Ctx, &pb::ProcessingRequest) -> Vec<Step> + Send + Sync + 'static,
+    ) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), Arc::new(f));
     }
 
     /// The streams that ran `scenario`, in order.
     pub fn streams(&self, scenario: &str) -> Vec<StreamLog> {
-        self.log.lock().unwrap().iter().filter(|s| s.scenario == scenario).cloned().collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.scenario == scenario)
+            .cloned()
+            .collect()
     }
 
     /// Number of streams so far.
@@ -237,7 +292,12 @@ pub fn describe(req: &pb::ProcessingRequest) -> String {
             format!("{}{}", kind(req), if h.end_of_stream { "!" } else { "" })
         }
         Some(Req::RequestBody(b)) | Some(Req::ResponseBody(b)) => {
-            format!("{}:{}{}", kind(req), String::from_utf8_lossy(&b.body), if b.end_of_stream { "!" } else { "" })
+            format!(
+                "{}:{}{}",
+                kind(req),
+                String::from_utf8_lossy(&b.body),
+                if b.end_of_stream { "!" } else { "" }
+            )
         }
         _ => kind(req).to_string(),
     }
@@ -249,10 +309,20 @@ pub fn continue_for(req: &pb::ProcessingRequest) -> pb::ProcessingResponse {
 }
 
 /// A response of the right kind carrying `common` (headers / body) or a trailer mutation.
-pub fn with_common(req: &pb::ProcessingRequest, common: pb::CommonResponse, trailers: Option<pb::HeaderMutation>) -> pb::ProcessingResponse {
-    let h = || pb::HeadersResponse { response: Some(common.clone()) };
-    let b = || pb::BodyResponse { response: Some(common.clone()) };
-    let t = || pb::TrailersResponse { header_mutation: trailers.clone() };
+pub fn with_common(
+    req: &pb::ProcessingRequest,
+    common: pb::CommonResponse,
+    trailers: Option<pb::HeaderMutation>,
+) -> pb::ProcessingResponse {
+    let h = || pb::HeadersResponse {
+        response: Some(common.clone()),
+    };
+    let b = || pb::BodyResponse {
+        response: Some(common.clone()),
+    };
+    let t = || pb::TrailersResponse {
+        header_mutation: trailers.clone(),
+    };
     let r = match &req.request {
         Some(Req::RequestHeaders(_)) => Resp::RequestHeaders(h()),
         Some(Req::ResponseHeaders(_)) => Resp::ResponseHeaders(h()),
@@ -262,14 +332,21 @@ pub fn with_common(req: &pb::ProcessingRequest, common: pb::CommonResponse, trai
         Some(Req::ResponseTrailers(_)) => Resp::ResponseTrailers(t()),
         None => return pb::ProcessingResponse::default(),
     };
-    pb::ProcessingResponse { response: Some(r), ..Default::default() }
+    pb::ProcessingResponse {
+        response: Some(r),
+        ..Default::default()
+    }
 }
 
 /// A `HeaderValueOption` with a `raw_value`.
 #[allow(deprecated)]
 pub fn set(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue { key: key.into(), value: String::new(), raw_value: value.as_bytes().to_vec() }),
+        header: Some(HeaderValue {
+            key: key.into(),
+            value: String::new(),
+            raw_value: value.as_bytes().to_vec(),
+        }),
         ..Default::default()
     }
 }
@@ -284,18 +361,22 @@ pub fn mutation(sets: &[(&str, &str)], removes: &[&str]) -> pb::HeaderMutation {
 
 /// A body replacement.
 pub fn body(b: &str) -> pb::BodyMutation {
-    pb::BodyMutation { mutation: Some(pb::body_mutation::Mutation::Body(b.as_bytes().to_vec())) }
+    pb::BodyMutation {
+        mutation: Some(pb::body_mutation::Mutation::Body(b.as_bytes().to_vec())),
+    }
 }
 
 /// A FULL_DUPLEX_STREAMED chunk.
 pub fn streamed(req: &pb::ProcessingRequest, b: &[u8], eos: bool) -> pb::ProcessingResponse {
     let common = pb::CommonResponse {
         body_mutation: Some(pb::BodyMutation {
-            mutation: Some(pb::body_mutation::Mutation::StreamedResponse(pb::StreamedBodyResponse {
-                body: b.to_vec(),
-                end_of_stream: eos,
-                ..Default::default()
-            })),
+            mutation: Some(pb::body_mutation::Mutation::StreamedResponse(
+                pb::StreamedBodyResponse {
+                    body: b.to_vec(),
+                    end_of_stream: eos,
+                    ..Default::default()
+                },
+            )),
         }),
         ..Default::default()
     };
@@ -303,10 +384,17 @@ pub fn streamed(req: &pb::ProcessingRequest, b: &[u8], eos: bool) -> pb::Process
 }
 
 /// An immediate response.
-pub fn immediate(status: u32, body: &str, headers: &[(&str, &str)], details: &str) -> pb::ProcessingResponse {
+pub fn immediate(
+    status: u32,
+    body: &str,
+    headers: &[(&str, &str)],
+    details: &str,
+) -> pb::ProcessingResponse {
     pb::ProcessingResponse {
         response: Some(Resp::ImmediateResponse(pb::ImmediateResponse {
-            status: Some(envoy_types::pb::envoy::r#type::v3::HttpStatus { code: status as i32 }),
+            status: Some(envoy_types::pb::envoy::r#type::v3::HttpStatus {
+                code: status as i32,
+            }),
             headers: (!headers.is_empty()).then(|| mutation(headers, &[])),
             body: body.as_bytes().to_vec(),
             details: details.into(),
@@ -327,12 +415,16 @@ pub fn body_of(req: &pb::ProcessingRequest) -> Option<(&[u8], bool)> {
 /// The header names of a headers message, in order.
 pub fn header_names(req: &pb::ProcessingRequest) -> Vec<String> {
     match &req.request {
-        Some(Req::RequestHeaders(h)) | Some(Req::ResponseHeaders(h)) => {
-            h.headers.as_ref().map(|m| m.headers.iter().map(|x| x.key.clone()).collect()).unwrap_or_default()
-        }
-        Some(Req::RequestTrailers(t)) | Some(Req::ResponseTrailers(t)) => {
-            t.trailers.as_ref().map(|m| m.headers.iter().map(|x| x.key.clone()).collect()).unwrap_or_default()
-        }
+        Some(Req::RequestHeaders(h)) | Some(Req::ResponseHeaders(h)) => h
+            .headers
+            .as_ref()
+            .map(|m| m.headers.iter().map(|x| x.key.clone()).collect())
+            .unwrap_or_default(),
+        Some(Req::RequestTrailers(t)) | Some(Req::ResponseTrailers(t)) => t
+            .trailers
+            .as_ref()
+            .map(|m| m.headers.iter().map(|x| x.key.clone()).collect())
+            .unwrap_or_default(),
         _ => Vec::new(),
     }
 }

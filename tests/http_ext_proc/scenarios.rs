@@ -64,11 +64,15 @@ fn sc(name: &'static str, script: fn(&mut Ctx, &Req) -> Vec<Step>) -> Scenario {
 // === requests ===
 
 fn post_hello() -> TestRequest {
-    TestRequest::post("/p?q=1", "hello").header("x-echo-mode", "raw").header("x-a", "1")
+    TestRequest::post("/p?q=1", "hello")
+        .header("x-echo-mode", "raw")
+        .header("x-a", "1")
 }
 
 fn get() -> TestRequest {
-    TestRequest::get("/g").header("x-echo-mode", "raw").header("x-a", "1")
+    TestRequest::get("/g")
+        .header("x-echo-mode", "raw")
+        .header("x-a", "1")
 }
 
 fn chunked() -> TestRequest {
@@ -82,11 +86,15 @@ fn post_big() -> TestRequest {
 }
 
 fn resp_trailers() -> TestRequest {
-    TestRequest::post("/t", "hello").header("x-echo-mode", "raw").header("x-echo-trailers", "t1=v1")
+    TestRequest::post("/t", "hello")
+        .header("x-echo-mode", "raw")
+        .header("x-echo-trailers", "t1=v1")
 }
 
 fn resp_chunked() -> TestRequest {
-    TestRequest::post("/rc", "hello").header("x-echo-mode", "raw").header("x-echo-chunks", "3")
+    TestRequest::post("/rc", "hello")
+        .header("x-echo-mode", "raw")
+        .header("x-echo-chunks", "3")
 }
 
 fn route_b() -> TestRequest {
@@ -108,7 +116,10 @@ fn common_on(req: &Req, k: &str, common: pb::CommonResponse) -> Vec<Step> {
 }
 
 fn hm(sets: &[(&str, &str)], removes: &[&str]) -> pb::CommonResponse {
-    pb::CommonResponse { header_mutation: Some(mutation(sets, removes)), ..Default::default() }
+    pb::CommonResponse {
+        header_mutation: Some(mutation(sets, removes)),
+        ..Default::default()
+    }
 }
 
 fn pass(_: &mut Ctx, r: &Req) -> Vec<Step> {
@@ -117,8 +128,16 @@ fn pass(_: &mut Ctx, r: &Req) -> Vec<Step> {
 
 fn set_remove(_: &mut Ctx, r: &Req) -> Vec<Step> {
     match kind(r) {
-        "rh" => send(with_common(r, hm(&[("x-new", "n"), ("X-Upper", "u")], &["x-a"]), None)),
-        "sh" => send(with_common(r, hm(&[("x-resp", "r")], &["content-type"]), None)),
+        "rh" => send(with_common(
+            r,
+            hm(&[("x-new", "n"), ("X-Upper", "u")], &["x-a"]),
+            None,
+        )),
+        "sh" => send(with_common(
+            r,
+            hm(&[("x-resp", "r")], &["content-type"]),
+            None,
+        )),
         _ => send(continue_for(r)),
     }
 }
@@ -128,7 +147,19 @@ fn path_rewrite(_: &mut Ctx, r: &Req) -> Vec<Step> {
 }
 
 fn routing_headers(_: &mut Ctx, r: &Req) -> Vec<Step> {
-    common_on(r, "rh", hm(&[(":method", "PUT"), (":scheme", "https"), (":authority", "other.example"), ("host", "h2.example")], &[]))
+    common_on(
+        r,
+        "rh",
+        hm(
+            &[
+                (":method", "PUT"),
+                (":scheme", "https"),
+                (":authority", "other.example"),
+                ("host", "h2.example"),
+            ],
+            &[],
+        ),
+    )
 }
 
 fn status_201(_: &mut Ctx, r: &Req) -> Vec<Step> {
@@ -143,16 +174,31 @@ fn append_true(_: &mut Ctx, r: &Req) -> Vec<Step> {
     let mut m = mutation(&[("x-a", "2")], &[]);
     #[allow(deprecated)]
     {
-        m.set_headers[0].append = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+        m.set_headers[0].append =
+            Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
     }
-    common_on(r, "rh", pb::CommonResponse { header_mutation: Some(m), ..Default::default() })
+    common_on(
+        r,
+        "rh",
+        pb::CommonResponse {
+            header_mutation: Some(m),
+            ..Default::default()
+        },
+    )
 }
 
 fn append_action(_: &mut Ctx, r: &Req) -> Vec<Step> {
     let mut m = mutation(&[("x-a", "if-absent"), ("x-missing", "if-exists")], &[]);
     m.set_headers[0].append_action = 1; // ADD_IF_ABSENT
     m.set_headers[1].append_action = 3; // OVERWRITE_IF_EXISTS
-    common_on(r, "rh", pb::CommonResponse { header_mutation: Some(m), ..Default::default() })
+    common_on(
+        r,
+        "rh",
+        pb::CommonResponse {
+            header_mutation: Some(m),
+            ..Default::default()
+        },
+    )
 }
 
 fn value_only(_: &mut Ctx, r: &Req) -> Vec<Step> {
@@ -160,11 +206,22 @@ fn value_only(_: &mut Ctx, r: &Req) -> Vec<Step> {
     if let Some(h) = m.set_headers[0].header.as_mut() {
         h.value = "text".into();
     }
-    common_on(r, "rh", pb::CommonResponse { header_mutation: Some(m), ..Default::default() })
+    common_on(
+        r,
+        "rh",
+        pb::CommonResponse {
+            header_mutation: Some(m),
+            ..Default::default()
+        },
+    )
 }
 
 fn envoy_header(_: &mut Ctx, r: &Req) -> Vec<Step> {
-    common_on(r, "rh", hm(&[("x-envoy-foo", "1"), ("x-ok", "1")], &[":path", "host"]))
+    common_on(
+        r,
+        "rh",
+        hm(&[("x-envoy-foo", "1"), ("x-ok", "1")], &[":path", "host"]),
+    )
 }
 
 fn scheme_change(_: &mut Ctx, r: &Req) -> Vec<Step> {
@@ -180,7 +237,12 @@ fn bad_name(_: &mut Ctx, r: &Req) -> Vec<Step> {
 }
 
 fn deny(_: &mut Ctx, _: &Req) -> Vec<Step> {
-    send(immediate(401, "denied", &[("x-why", "auth"), ("x-envoy-no", "1")], "auth failed"))
+    send(immediate(
+        401,
+        "denied",
+        &[("x-why", "auth"), ("x-envoy-no", "1")],
+        "auth failed",
+    ))
 }
 
 fn deny_bad_status(_: &mut Ctx, _: &Req) -> Vec<Step> {
@@ -209,7 +271,16 @@ fn empty_message(_: &mut Ctx, _: &Req) -> Vec<Step> {
 
 fn wrong_reply(_: &mut Ctx, r: &Req) -> Vec<Step> {
     if kind(r) == "rh" {
-        send(with_common(&Req { request: Some(pb::processing_request::Request::ResponseHeaders(Default::default())), ..Default::default() }, Default::default(), None))
+        send(with_common(
+            &Req {
+                request: Some(pb::processing_request::Request::ResponseHeaders(
+                    Default::default(),
+                )),
+                ..Default::default()
+            },
+            Default::default(),
+            None,
+        ))
     } else {
         send(continue_for(r))
     }
@@ -253,11 +324,19 @@ fn slow_response(_: &mut Ctx, r: &Req) -> Vec<Step> {
 
 fn override_timeout(_: &mut Ctx, r: &Req) -> Vec<Step> {
     let o = |s| pb::ProcessingResponse {
-        override_message_timeout: Some(envoy_types::pb::google::protobuf::Duration { seconds: s, nanos: 0 }),
+        override_message_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: s,
+            nanos: 0,
+        }),
         ..Default::default()
     };
     if kind(r) == "rh" {
-        vec![Step::Send(o(2)), Step::Send(o(3)), Step::Sleep(Duration::from_millis(400)), Step::Send(continue_for(r))]
+        vec![
+            Step::Send(o(2)),
+            Step::Send(o(3)),
+            Step::Sleep(Duration::from_millis(400)),
+            Step::Send(continue_for(r)),
+        ]
     } else {
         send(continue_for(r))
     }
@@ -268,21 +347,42 @@ fn buffered_upper(_: &mut Ctx, r: &Req) -> Vec<Step> {
         "rh" => send(with_common(r, hm(&[("content-length", "11")], &[]), None)),
         "rb" => {
             let b = String::from_utf8_lossy(&upper(body_of(r).unwrap().0)).into_owned() + " WORLD";
-            send(with_common(r, pb::CommonResponse { body_mutation: Some(body(&b)), ..Default::default() }, None))
+            send(with_common(
+                r,
+                pb::CommonResponse {
+                    body_mutation: Some(body(&b)),
+                    ..Default::default()
+                },
+                None,
+            ))
         }
         _ => send(continue_for(r)),
     }
 }
 
 fn buffered_mismatch(_: &mut Ctx, r: &Req) -> Vec<Step> {
-    common_on(r, "rb", pb::CommonResponse { body_mutation: Some(body("longer body")), ..Default::default() })
+    common_on(
+        r,
+        "rb",
+        pb::CommonResponse {
+            body_mutation: Some(body("longer body")),
+            ..Default::default()
+        },
+    )
 }
 
 fn upper_bodies(_: &mut Ctx, r: &Req) -> Vec<Step> {
     match body_of(r) {
         Some((b, _)) => {
             let b = String::from_utf8_lossy(&upper(b)).into_owned();
-            send(with_common(r, pb::CommonResponse { body_mutation: Some(body(&b)), ..Default::default() }, None))
+            send(with_common(
+                r,
+                pb::CommonResponse {
+                    body_mutation: Some(body(&b)),
+                    ..Default::default()
+                },
+                None,
+            ))
         }
         None => send(continue_for(r)),
     }
@@ -292,7 +392,14 @@ fn response_body_and_headers(_: &mut Ctx, r: &Req) -> Vec<Step> {
     match kind(r) {
         "sb" => send(with_common(
             r,
-            pb::CommonResponse { body_mutation: Some(body("replaced")), header_mutation: Some(mutation(&[("x-body", "done"), ("content-length", "8")], &[])), ..Default::default() },
+            pb::CommonResponse {
+                body_mutation: Some(body("replaced")),
+                header_mutation: Some(mutation(
+                    &[("x-body", "done"), ("content-length", "8")],
+                    &[],
+                )),
+                ..Default::default()
+            },
             None,
         )),
         _ => send(continue_for(r)),
@@ -301,7 +408,11 @@ fn response_body_and_headers(_: &mut Ctx, r: &Req) -> Vec<Step> {
 
 fn trailers_mutation(_: &mut Ctx, r: &Req) -> Vec<Step> {
     match kind(r) {
-        "st" => send(with_common(r, Default::default(), Some(mutation(&[("t2", "added")], &["t1"])))),
+        "st" => send(with_common(
+            r,
+            Default::default(),
+            Some(mutation(&[("t2", "added")], &["t1"])),
+        )),
         _ => send(continue_for(r)),
     }
 }
@@ -328,11 +439,13 @@ fn replace_no_body(_: &mut Ctx, r: &Req) -> Vec<Step> {
 fn mode_override(_: &mut Ctx, r: &Req) -> Vec<Step> {
     if kind(r) == "rh" {
         let mut resp = continue_for(r);
-        resp.mode_override = Some(envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode {
-            response_header_mode: 2,
-            request_body_mode: 2,
-            ..Default::default()
-        });
+        resp.mode_override = Some(
+            envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode {
+                response_header_mode: 2,
+                request_body_mode: 2,
+                ..Default::default()
+            },
+        );
         send(resp)
     } else {
         send(continue_for(r))
@@ -346,14 +459,24 @@ fn route_switch(_: &mut Ctx, r: &Req) -> Vec<Step> {
 }
 
 fn clear_without_mutation(_: &mut Ctx, r: &Req) -> Vec<Step> {
-    common_on(r, "rh", pb::CommonResponse { clear_route_cache: true, ..Default::default() })
+    common_on(
+        r,
+        "rh",
+        pb::CommonResponse {
+            clear_route_cache: true,
+            ..Default::default()
+        },
+    )
 }
 
 fn duplex_upper(_: &mut Ctx, r: &Req) -> Vec<Step> {
     match body_of(r) {
         Some((b, eos)) => {
             let up = upper(b);
-            vec![Step::Send(streamed(r, &up, false)), Step::Send(streamed(r, b"+", eos))]
+            vec![
+                Step::Send(streamed(r, &up, false)),
+                Step::Send(streamed(r, b"+", eos)),
+            ]
         }
         None => send(continue_for(r)),
     }
@@ -361,13 +484,29 @@ fn duplex_upper(_: &mut Ctx, r: &Req) -> Vec<Step> {
 
 fn duplex_out_of_order(_: &mut Ctx, r: &Req) -> Vec<Step> {
     match kind(r) {
-        "rh" => send(streamed(&Req { request: Some(pb::processing_request::Request::RequestBody(Default::default())), ..Default::default() }, b"early", false)),
+        "rh" => send(streamed(
+            &Req {
+                request: Some(pb::processing_request::Request::RequestBody(
+                    Default::default(),
+                )),
+                ..Default::default()
+            },
+            b"early",
+            false,
+        )),
         _ => send(continue_for(r)),
     }
 }
 
 fn normal_body_in_duplex(_: &mut Ctx, r: &Req) -> Vec<Step> {
-    common_on(r, "rb", pb::CommonResponse { body_mutation: Some(body("x")), ..Default::default() })
+    common_on(
+        r,
+        "rb",
+        pb::CommonResponse {
+            body_mutation: Some(body("x")),
+            ..Default::default()
+        },
+    )
 }
 
 fn short_content_length(_: &mut Ctx, r: &Req) -> Vec<Step> {
@@ -379,7 +518,11 @@ fn standalone_override(_: &mut Ctx, r: &Req) -> Vec<Step> {
     match kind(r) {
         "rh" => vec![
             Step::Send(pb::ProcessingResponse {
-                mode_override: Some(ProcessingMode { request_body_mode: 4, request_trailer_mode: 1, ..Default::default() }),
+                mode_override: Some(ProcessingMode {
+                    request_body_mode: 4,
+                    request_trailer_mode: 1,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             Step::Send(continue_for(r)),
@@ -396,7 +539,10 @@ fn standalone_override_invalid(_: &mut Ctx, r: &Req) -> Vec<Step> {
     match kind(r) {
         "rh" => vec![
             Step::Send(pb::ProcessingResponse {
-                mode_override: Some(ProcessingMode { request_body_mode: 2, ..Default::default() }),
+                mode_override: Some(ProcessingMode {
+                    request_body_mode: 2,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             Step::Send(continue_for(r)),
@@ -430,17 +576,25 @@ fn slow_on_body(_: &mut Ctx, r: &Req) -> Vec<Step> {
 
 fn trailer_tagger(_: &mut Ctx, r: &Req) -> Vec<Step> {
     match kind(r) {
-        "rt" => send(with_common(r, Default::default(), Some(mutation(&[("x-t", "tagged")], &[])))),
+        "rt" => send(with_common(
+            r,
+            Default::default(),
+            Some(mutation(&[("x-t", "tagged")], &[])),
+        )),
         _ => send(continue_for(r)),
     }
 }
 
 fn grpc_req() -> TestRequest {
-    TestRequest::post("/pkg.Svc/Method", "\0\0\0\0\0").header("content-type", "application/grpc").header("te", "trailers")
+    TestRequest::post("/pkg.Svc/Method", "\0\0\0\0\0")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
 }
 
 fn post_with_trailers() -> TestRequest {
-    TestRequest::post("/tr", "hello").header("x-echo-mode", "raw").trailer("x-client-trailer", "1")
+    TestRequest::post("/tr", "hello")
+        .header("x-echo-mode", "raw")
+        .trailer("x-client-trailer", "1")
 }
 
 fn non_utf8(_: &mut Ctx, r: &Req) -> Vec<Step> {
@@ -448,7 +602,14 @@ fn non_utf8(_: &mut Ctx, r: &Req) -> Vec<Step> {
     if let Some(h) = m.set_headers[0].header.as_mut() {
         h.raw_value = vec![b'c', b'a', b'f', 0xE9];
     }
-    common_on(r, "rh", pb::CommonResponse { header_mutation: Some(m), ..Default::default() })
+    common_on(
+        r,
+        "rh",
+        pb::CommonResponse {
+            header_mutation: Some(m),
+            ..Default::default()
+        },
+    )
 }
 
 fn big_reply(_: &mut Ctx, r: &Req) -> Vec<Step> {
@@ -466,7 +627,10 @@ fn close_on_response(_: &mut Ctx, r: &Req) -> Vec<Step> {
 
 fn fail_out_of_line(_: &mut Ctx, r: &Req) -> Vec<Step> {
     if kind(r) == "rh" {
-        vec![Step::Send(continue_for(r)), Step::Fail(Status::internal("later"))]
+        vec![
+            Step::Send(continue_for(r)),
+            Step::Fail(Status::internal("later")),
+        ]
     } else {
         send(continue_for(r))
     }
@@ -487,23 +651,49 @@ fn post_empty() -> TestRequest {
 
 fn streamed_local_response(_: &mut Ctx, r: &Req) -> Vec<Step> {
     use pb::streamed_immediate_response::Response as Sir;
-    let sir = |x: Sir| Step::Send(pb::ProcessingResponse {
-        response: Some(pb::processing_response::Response::StreamedImmediateResponse(pb::StreamedImmediateResponse { response: Some(x) })),
-        ..Default::default()
-    });
+    let sir = |x: Sir| {
+        Step::Send(pb::ProcessingResponse {
+            response: Some(
+                pb::processing_response::Response::StreamedImmediateResponse(
+                    pb::StreamedImmediateResponse { response: Some(x) },
+                ),
+            ),
+            ..Default::default()
+        })
+    };
     if kind(r) != "rh" {
         return send(continue_for(r));
     }
     let headers = envoy_types::pb::envoy::config::core::v3::HeaderMap {
         headers: vec![
-            envoy_types::pb::envoy::config::core::v3::HeaderValue { key: ":status".into(), value: String::new(), raw_value: b"203".to_vec() },
-            envoy_types::pb::envoy::config::core::v3::HeaderValue { key: "x-local".into(), value: String::new(), raw_value: b"yes".to_vec() },
+            envoy_types::pb::envoy::config::core::v3::HeaderValue {
+                key: ":status".into(),
+                value: String::new(),
+                raw_value: b"203".to_vec(),
+            },
+            envoy_types::pb::envoy::config::core::v3::HeaderValue {
+                key: "x-local".into(),
+                value: String::new(),
+                raw_value: b"yes".to_vec(),
+            },
         ],
     };
     vec![
-        sir(Sir::HeadersResponse(pb::HttpHeaders { headers: Some(headers), end_of_stream: false, ..Default::default() })),
-        sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b"part1-".to_vec(), end_of_stream: false, ..Default::default() })),
-        sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b"part2".to_vec(), end_of_stream: true, ..Default::default() })),
+        sir(Sir::HeadersResponse(pb::HttpHeaders {
+            headers: Some(headers),
+            end_of_stream: false,
+            ..Default::default()
+        })),
+        sir(Sir::BodyResponse(pb::StreamedBodyResponse {
+            body: b"part1-".to_vec(),
+            end_of_stream: false,
+            ..Default::default()
+        })),
+        sir(Sir::BodyResponse(pb::StreamedBodyResponse {
+            body: b"part2".to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })),
     ]
 }
 
@@ -746,7 +936,11 @@ fn hcm_closes_unread_request(o: &mut Obs, v: HttpVersion) {
 }
 
 fn expect_content_length_refused(o: &mut Obs, v: HttpVersion) {
-    assert_eq!(o.upstream.as_ref().map(|u| u.body.as_str()), Some("hel"), "Envoy truncates");
+    assert_eq!(
+        o.upstream.as_ref().map(|u| u.body.as_str()),
+        Some("hel"),
+        "Envoy truncates"
+    );
     o.status = 500;
     o.body.clear();
     o.upstream = None;
@@ -758,7 +952,11 @@ fn expect_content_length_refused(o: &mut Obs, v: HttpVersion) {
     // Per request: one error reply and no response-headers message (counters accumulate over
     // the HTTP/1.1 run, then the HTTP/2 run).
     let n = if v == HttpVersion::Http1 { 1 } else { 2 };
-    for k in ["immediate_responses_sent", "stream_msgs_received", "stream_msgs_sent"] {
+    for k in [
+        "immediate_responses_sent",
+        "stream_msgs_received",
+        "stream_msgs_sent",
+    ] {
         o.counters.insert(k.to_string(), n);
     }
 }
@@ -767,6 +965,9 @@ fn expect_content_length_refused(o: &mut Obs, v: HttpVersion) {
 /// default `content-type: text/plain` when the processor set none.
 fn local_response_framing(o: &mut Obs, _: HttpVersion) {
     o.headers.remove("transfer-encoding");
-    o.headers.insert("content-length".into(), o.body.len().to_string());
-    o.headers.entry("content-type".into()).or_insert_with(|| "text/plain".into());
+    o.headers
+        .insert("content-length".into(), o.body.len().to_string());
+    o.headers
+        .entry("content-type".into())
+        .or_insert_with(|| "text/plain".into());
 }

@@ -68,13 +68,32 @@ pub enum StringMatcher {
 impl StringMatcher {
     /// Compiles a matcher; exactly one of the pattern fields must be set.
     pub fn build(cfg: &StringMatcherConfig, path: &str) -> Result<Self, ConfigError> {
-        let StringMatcherConfig { exact, prefix, suffix, contains, safe_regex, ignore_case } = cfg;
+        let StringMatcherConfig {
+            exact,
+            prefix,
+            suffix,
+            contains,
+            safe_regex,
+            ignore_case,
+        } = cfg;
         let ic = *ignore_case;
-        let fold = |s: &String| if ic { s.to_ascii_lowercase() } else { s.clone() };
-        let set = [exact.is_some(), prefix.is_some(), suffix.is_some(), contains.is_some(), safe_regex.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let fold = |s: &String| {
+            if ic {
+                s.to_ascii_lowercase()
+            } else {
+                s.clone()
+            }
+        };
+        let set = [
+            exact.is_some(),
+            prefix.is_some(),
+            suffix.is_some(),
+            contains.is_some(),
+            safe_regex.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if set != 1 {
             return Err(ConfigError::new(
                 path,
@@ -86,14 +105,22 @@ impl StringMatcher {
             (_, Some(s), ..) => StringMatcher::Prefix(fold(s), ic),
             (_, _, Some(s), ..) => StringMatcher::Suffix(fold(s), ic),
             (_, _, _, Some(s), _) => StringMatcher::Contains(fold(s), ic),
-            (_, _, _, _, Some(r)) => StringMatcher::Regex(r.compile(&format!("{path}.safe_regex"))?),
+            (_, _, _, _, Some(r)) => {
+                StringMatcher::Regex(r.compile(&format!("{path}.safe_regex"))?)
+            }
             _ => return Err(ConfigError::new(path, "empty string matcher")),
         })
     }
 
     /// True if `input` matches.
     pub fn matches(&self, input: &str) -> bool {
-        let folded = |ic: bool| if ic { std::borrow::Cow::Owned(input.to_ascii_lowercase()) } else { input.into() };
+        let folded = |ic: bool| {
+            if ic {
+                std::borrow::Cow::Owned(input.to_ascii_lowercase())
+            } else {
+                input.into()
+            }
+        };
         match self {
             StringMatcher::Exact(s, ic) => folded(*ic) == s.as_str(),
             StringMatcher::Prefix(s, ic) => folded(*ic).starts_with(s.as_str()),
@@ -133,13 +160,23 @@ mod tests {
 
     #[test]
     fn matchers() {
-        let m = StringMatcher::build(&StringMatcherConfig { prefix: Some("X-".into()), ignore_case: true, ..Default::default() }, "p")
-            .unwrap();
+        let m = StringMatcher::build(
+            &StringMatcherConfig {
+                prefix: Some("X-".into()),
+                ignore_case: true,
+                ..Default::default()
+            },
+            "p",
+        )
+        .unwrap();
         assert!(m.matches("x-foo"));
         assert!(!m.matches("y-foo"));
         let r = StringMatcher::build(
             &StringMatcherConfig {
-                safe_regex: Some(RegexMatcherConfig { google_re2: None, regex: "a.c".into() }),
+                safe_regex: Some(RegexMatcherConfig {
+                    google_re2: None,
+                    regex: "a.c".into(),
+                }),
                 ..Default::default()
             },
             "p",

@@ -6,11 +6,15 @@ use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use http::header::{HOST, REFERER, USER_AGENT};
 
 fn s(v: impl Into<String>) -> Value {
-    Value { kind: Some(Kind::StringValue(v.into())) }
+    Value {
+        kind: Some(Kind::StringValue(v.into())),
+    }
 }
 
 fn n(v: f64) -> Value {
-    Value { kind: Some(Kind::NumberValue(v)) }
+    Value {
+        kind: Some(Kind::NumberValue(v)),
+    }
 }
 
 fn version(v: http::Version) -> &'static str {
@@ -26,7 +30,11 @@ fn version(v: http::Version) -> &'static str {
 pub fn request(names: &[String], p: &http::request::Parts, cx: &StreamContext) -> Struct {
     let mut out = Struct::default();
     for name in names {
-        let hv = |h: http::header::HeaderName| p.headers.get(h).map(|v| s(String::from_utf8_lossy(v.as_bytes())));
+        let hv = |h: http::header::HeaderName| {
+            p.headers
+                .get(h)
+                .map(|v| s(String::from_utf8_lossy(v.as_bytes())))
+        };
         let v = match name.as_str() {
             "request.path" => Some(s(p.uri.path_and_query().map(|x| x.as_str()).unwrap_or("/"))),
             "request.url_path" => Some(s(p.uri.path())),

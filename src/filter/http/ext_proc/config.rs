@@ -150,7 +150,9 @@ fn deserialize_status_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16
             .find(|(n, _)| *n == s)
             .map(|(_, c)| *c)
             .or_else(|| s.parse().ok())
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown StatusCode {s:?} (use the number)"))),
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("unknown StatusCode {s:?} (use the number)"))
+            }),
     }
 }
 
@@ -266,7 +268,10 @@ pub struct PerRouteConfig {
 /// Rejects an unsupported field that is set.
 fn unsupported<T>(field: &Option<T>, path: &str, name: &str, why: &str) -> Result<(), ConfigError> {
     match field {
-        Some(_) => Err(ConfigError::new(crate::config::join(path, name), format!("{name} is not supported by extproxy: {why}"))),
+        Some(_) => Err(ConfigError::new(
+            crate::config::join(path, name),
+            format!("{name} is not supported by extproxy: {why}"),
+        )),
         None => Ok(()),
     }
 }
@@ -285,7 +290,10 @@ fn check_timeout(d: &Option<Duration>, path: &str, name: &str) -> Result<(), Con
 
 fn check_body_modes(mode: &Option<ProcessingModeConfig>, path: &str) -> Result<(), ConfigError> {
     if let Some(m) = mode {
-        for (name, b) in [("request_body_mode", m.request_body_mode), ("response_body_mode", m.response_body_mode)] {
+        for (name, b) in [
+            ("request_body_mode", m.request_body_mode),
+            ("response_body_mode", m.response_body_mode),
+        ] {
             if b == Some(BodySendMode::Grpc) {
                 return Err(ConfigError::new(
                     crate::config::join(path, name),
@@ -301,11 +309,24 @@ impl ExternalProcessorConfig {
     /// Envoy's load-time checks (§2.2) plus extproxy's refusals of unsupported fields.
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         if self.grpc_service.is_some() == self.http_service.is_some() {
-            return Err(ConfigError::new(path, "One and only one of grpc_service or http_service must be configured"));
+            return Err(ConfigError::new(
+                path,
+                "One and only one of grpc_service or http_service must be configured",
+            ));
         }
         unsupported(&self.http_service, path, "http_service", "use grpc_service")?;
-        unsupported(&self.on_processing_response, path, "on_processing_response", "alpha extension point")?;
-        unsupported(&self.processing_request_modifier, path, "processing_request_modifier", "alpha extension point")?;
+        unsupported(
+            &self.on_processing_response,
+            path,
+            "on_processing_response",
+            "alpha extension point",
+        )?;
+        unsupported(
+            &self.processing_request_modifier,
+            path,
+            "processing_request_modifier",
+            "alpha extension point",
+        )?;
         if let Some(g) = &self.grpc_service {
             g.envoy_grpc(&crate::config::join(path, "grpc_service"))?;
         }
@@ -318,20 +339,27 @@ impl ExternalProcessorConfig {
         }
         if let Some(m) = &self.processing_mode {
             let send = |t: Option<HeaderSendMode>| t == Some(HeaderSendMode::Send);
-            if m.request_body_mode == Some(BodySendMode::FullDuplexStreamed) && !send(m.request_trailer_mode) {
+            if m.request_body_mode == Some(BodySendMode::FullDuplexStreamed)
+                && !send(m.request_trailer_mode)
+            {
                 return Err(ConfigError::new(
                     path,
                     "If the ext_proc filter has the request_body_mode set to FULL_DUPLEX_STREAMED, then the request_trailer_mode has to be set to SEND",
                 ));
             }
-            if m.response_body_mode == Some(BodySendMode::FullDuplexStreamed) && !send(m.response_trailer_mode) {
+            if m.response_body_mode == Some(BodySendMode::FullDuplexStreamed)
+                && !send(m.response_trailer_mode)
+            {
                 return Err(ConfigError::new(
                     path,
                     "If the ext_proc filter has the response_body_mode set to FULL_DUPLEX_STREAMED, then the response_trailer_mode has to be set to SEND",
                 ));
             }
         }
-        check_body_modes(&self.processing_mode, &crate::config::join(path, "processing_mode"))?;
+        check_body_modes(
+            &self.processing_mode,
+            &crate::config::join(path, "processing_mode"),
+        )?;
         check_timeout(&self.message_timeout, path, "message_timeout")?;
         check_timeout(&self.max_message_timeout, path, "max_message_timeout")?;
         if let Some(s) = &self.status_on_error {
@@ -350,8 +378,14 @@ impl PerRouteConfig {
     /// Validation of `ExtProcPerRoute` (the `override` oneof is required; `disabled` must be true).
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         match (&self.disabled, &self.overrides) {
-            (None, None) => Err(ConfigError::new(path, "ExtProcPerRouteValidationError.Override: value is required")),
-            (Some(_), Some(_)) => Err(ConfigError::new(path, "only one of disabled or overrides may be set")),
+            (None, None) => Err(ConfigError::new(
+                path,
+                "ExtProcPerRouteValidationError.Override: value is required",
+            )),
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                path,
+                "only one of disabled or overrides may be set",
+            )),
             (Some(false), None) => Err(ConfigError::new(
                 crate::config::join(path, "disabled"),
                 "ExtProcPerRouteValidationError.Disabled: value must equal true",
@@ -359,11 +393,19 @@ impl PerRouteConfig {
             (Some(true), None) => Ok(()),
             (None, Some(o)) => {
                 let p = crate::config::join(path, "overrides");
-                unsupported(&o.processing_request_modifier, &p, "processing_request_modifier", "alpha extension point")?;
+                unsupported(
+                    &o.processing_request_modifier,
+                    &p,
+                    "processing_request_modifier",
+                    "alpha extension point",
+                )?;
                 if let Some(g) = &o.grpc_service {
                     g.envoy_grpc(&crate::config::join(&p, "grpc_service"))?;
                 }
-                check_body_modes(&o.processing_mode, &crate::config::join(&p, "processing_mode"))
+                check_body_modes(
+                    &o.processing_mode,
+                    &crate::config::join(&p, "processing_mode"),
+                )
             }
         }
     }
@@ -385,19 +427,39 @@ mod tests {
     #[test]
     fn requires_exactly_one_service() {
         let e = parse("failure_mode_allow: true").unwrap_err();
-        assert_eq!(e.message, "One and only one of grpc_service or http_service must be configured");
+        assert_eq!(
+            e.message,
+            "One and only one of grpc_service or http_service must be configured"
+        );
         let e = parse(&format!("{SVC}http_service: {{}}")).unwrap_err();
-        assert_eq!(e.message, "One and only one of grpc_service or http_service must be configured");
+        assert_eq!(
+            e.message,
+            "One and only one of grpc_service or http_service must be configured"
+        );
         let e = parse("http_service: {}").unwrap_err();
         assert_eq!(e.path, "f.http_service");
     }
 
     #[test]
     fn full_duplex_needs_trailers() {
-        let e = parse(&format!("{SVC}processing_mode: {{request_body_mode: FULL_DUPLEX_STREAMED}}")).unwrap_err();
-        assert!(e.message.contains("request_trailer_mode has to be set to SEND"), "{e}");
-        let e = parse(&format!("{SVC}processing_mode: {{response_body_mode: FULL_DUPLEX_STREAMED}}")).unwrap_err();
-        assert!(e.message.contains("response_trailer_mode has to be set to SEND"), "{e}");
+        let e = parse(&format!(
+            "{SVC}processing_mode: {{request_body_mode: FULL_DUPLEX_STREAMED}}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("request_trailer_mode has to be set to SEND"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{SVC}processing_mode: {{response_body_mode: FULL_DUPLEX_STREAMED}}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("response_trailer_mode has to be set to SEND"),
+            "{e}"
+        );
         parse(&format!(
             "{SVC}processing_mode: {{request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND}}\nfailure_mode_allow: true"
         ))
@@ -406,14 +468,27 @@ mod tests {
 
     #[test]
     fn route_cache_conflict_and_ranges() {
-        let e = parse(&format!("{SVC}disable_clear_route_cache: true\nroute_cache_action: CLEAR")).unwrap_err();
-        assert!(e.message.starts_with("disable_clear_route_cache and route_cache_action"), "{e}");
-        parse(&format!("{SVC}disable_clear_route_cache: true\nroute_cache_action: DEFAULT")).unwrap();
+        let e = parse(&format!(
+            "{SVC}disable_clear_route_cache: true\nroute_cache_action: CLEAR"
+        ))
+        .unwrap_err();
+        assert!(
+            e.message
+                .starts_with("disable_clear_route_cache and route_cache_action"),
+            "{e}"
+        );
+        parse(&format!(
+            "{SVC}disable_clear_route_cache: true\nroute_cache_action: DEFAULT"
+        ))
+        .unwrap();
         assert!(parse(&format!("{SVC}message_timeout: 3601s")).is_err());
         assert!(parse(&format!("{SVC}max_message_timeout: 3601s")).is_err());
         assert!(parse(&format!("{SVC}status_on_error: {{code: 0}}")).is_err());
         parse(&format!("{SVC}status_on_error: {{code: 200}}")).unwrap();
-        parse(&format!("{SVC}status_on_error: {{code: ServiceUnavailable}}")).unwrap();
+        parse(&format!(
+            "{SVC}status_on_error: {{code: ServiceUnavailable}}"
+        ))
+        .unwrap();
     }
 
     #[test]
@@ -426,7 +501,10 @@ mod tests {
         assert!(e.path.contains("google_grpc"), "{e}");
         let e = parse(&format!("{SVC}bogus: 1")).unwrap_err();
         assert_eq!(e.path, "f.bogus");
-        let e = parse(&format!("{SVC}processing_mode: {{request_body_mode: GRPC}}")).unwrap_err();
+        let e = parse(&format!(
+            "{SVC}processing_mode: {{request_body_mode: GRPC}}"
+        ))
+        .unwrap_err();
         assert_eq!(e.path, "f.processing_mode.request_body_mode");
     }
 
@@ -441,6 +519,7 @@ mod tests {
         assert!(pr("disabled: false").is_err());
         pr("disabled: true").unwrap();
         pr("overrides: {processing_mode: {request_body_mode: FULL_DUPLEX_STREAMED}}").unwrap();
-        pr("overrides: {failure_mode_allow: true, grpc_initial_metadata: [{key: a, value: b}]}").unwrap();
+        pr("overrides: {failure_mode_allow: true, grpc_initial_metadata: [{key: a, value: b}]}")
+            .unwrap();
     }
 }

@@ -17,8 +17,8 @@
 
 pub mod attributes;
 pub mod config;
-pub mod mutation;
 pub mod mode;
+pub mod mutation;
 pub mod state;
 pub mod stats;
 pub mod stream;
@@ -29,7 +29,9 @@ use crate::cluster::ClusterManager;
 use crate::config::core::{GrpcService, HeaderValue};
 use crate::config::{ConfigError, RawAny};
 use crate::filter::common::string_matcher::ListStringMatcher;
-use config::{ExternalProcessorConfig, MetadataOptions, OverridesConfig, PerRouteConfig, RouteCacheAction};
+use config::{
+    ExternalProcessorConfig, MetadataOptions, OverridesConfig, PerRouteConfig, RouteCacheAction,
+};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use mutation::{Checker, ForwardRules, Head};
 use prost::Message as _;
@@ -82,15 +84,31 @@ pub enum PerRoute {
     Overrides(Box<OverridesConfig>),
 }
 
-fn channel_for(clusters: &ClusterManager, service: &GrpcService) -> Result<Option<GrpcChannel>, ConfigError> {
-    let Some(g) = service.envoy_grpc.as_ref() else { return Ok(None) };
-    let Some(cluster) = clusters.get(&g.cluster_name) else { return Ok(None) };
-    let authority = if g.authority.is_empty() { g.cluster_name.as_str() } else { g.authority.as_str() };
+fn channel_for(
+    clusters: &ClusterManager,
+    service: &GrpcService,
+) -> Result<Option<GrpcChannel>, ConfigError> {
+    let Some(g) = service.envoy_grpc.as_ref() else {
+        return Ok(None);
+    };
+    let Some(cluster) = clusters.get(&g.cluster_name) else {
+        return Ok(None);
+    };
+    let authority = if g.authority.is_empty() {
+        g.cluster_name.as_str()
+    } else {
+        g.authority.as_str()
+    };
     cluster.grpc_channel(authority).map(Some)
 }
 
-fn list(m: &Option<crate::filter::common::string_matcher::ListStringMatcherConfig>, path: &str) -> Result<Option<ListStringMatcher>, ConfigError> {
-    m.as_ref().map(|l| ListStringMatcher::build(l, path)).transpose()
+fn list(
+    m: &Option<crate::filter::common::string_matcher::ListStringMatcherConfig>,
+    path: &str,
+) -> Result<Option<ListStringMatcher>, ConfigError> {
+    m.as_ref()
+        .map(|l| ListStringMatcher::build(l, path))
+        .transpose()
 }
 
 /// Builds the filter.
@@ -126,17 +144,28 @@ pub fn build(any: &RawAny, path: &str, ctx: &BuildContext<'_>) -> Result<Arc<Fil
         emit_client_span: _,
     } = cfg;
     let service = grpc_service.ok_or_else(|| ConfigError::new(path, "grpc_service is required"))?;
-    let channel = channel_for(ctx.clusters, &service).map_err(|e| ConfigError::new(format!("{path}.grpc_service"), e.to_string()))?;
+    let channel = channel_for(ctx.clusters, &service)
+        .map_err(|e| ConfigError::new(format!("{path}.grpc_service"), e.to_string()))?;
     let forward = match &forward_rules {
         Some(f) => ForwardRules {
-            allowed: list(&f.allowed_headers, &format!("{path}.forward_rules.allowed_headers"))?,
-            disallowed: list(&f.disallowed_headers, &format!("{path}.forward_rules.disallowed_headers"))?,
+            allowed: list(
+                &f.allowed_headers,
+                &format!("{path}.forward_rules.allowed_headers"),
+            )?,
+            disallowed: list(
+                &f.disallowed_headers,
+                &format!("{path}.forward_rules.disallowed_headers"),
+            )?,
         },
         None => ForwardRules::default(),
     };
     let status_on_error = match status_on_error {
-        Some(s) => http::StatusCode::from_u16(s.code)
-            .map_err(|_| ConfigError::new(format!("{path}.status_on_error.code"), format!("invalid HTTP status {}", s.code)))?,
+        Some(s) => http::StatusCode::from_u16(s.code).map_err(|_| {
+            ConfigError::new(
+                format!("{path}.status_on_error.code"),
+                format!("invalid HTTP status {}", s.code),
+            )
+        })?,
         None => http::StatusCode::INTERNAL_SERVER_ERROR,
     };
     let stats = Stats::new(ctx.stats, &Stats::prefix(ctx.hcm_stat_prefix, &stat_prefix));
@@ -146,13 +175,18 @@ pub fn build(any: &RawAny, path: &str, ctx: &BuildContext<'_>) -> Result<Arc<Fil
         route_cache_action.unwrap_or(RouteCacheAction::Default)
     };
     let policy = Policy {
-        message_timeout: message_timeout.map(|d| d.get()).unwrap_or(Duration::from_millis(200)),
+        message_timeout: message_timeout
+            .map(|d| d.get())
+            .unwrap_or(Duration::from_millis(200)),
         max_message_timeout: max_message_timeout.map(|d| d.get()).unwrap_or_default(),
         checker: Checker::build(mutation_rules.as_ref(), &format!("{path}.mutation_rules"))?,
         forward,
         route_cache_action,
         allow_mode_override,
-        allowed_override_modes: allowed_override_modes.iter().map(state::raw_mode_key_cfg).collect(),
+        allowed_override_modes: allowed_override_modes
+            .iter()
+            .map(state::raw_mode_key_cfg)
+            .collect(),
         disable_immediate_response,
         observability_mode,
         send_body_without_waiting: send_body_without_waiting_for_header_response,
@@ -173,21 +207,29 @@ pub fn build(any: &RawAny, path: &str, ctx: &BuildContext<'_>) -> Result<Arc<Fil
         metadata,
         request_attributes,
         response_attributes,
-        deferred_close_timeout: deferred_close_timeout.map(|d| d.get()).unwrap_or(Duration::from_secs(5)),
+        deferred_close_timeout: deferred_close_timeout
+            .map(|d| d.get())
+            .unwrap_or(Duration::from_secs(5)),
         clusters: ctx.clusters.clone(),
         route_channels: Mutex::new(HashMap::new()),
     }))
 }
 
 fn receiving(m: &MetadataOptions) -> Vec<String> {
-    m.receiving_namespaces.as_ref().map(|n| n.untyped.clone()).unwrap_or_default()
+    m.receiving_namespaces
+        .as_ref()
+        .map(|n| n.untyped.clone())
+        .unwrap_or_default()
 }
 
 /// Builds a per-route config.
 pub fn build_per_route(any: &RawAny, path: &str) -> Result<Arc<PerRoute>, ConfigError> {
     let cfg: PerRouteConfig = crate::config::decode_any(any, path)?;
     cfg.validate(path)?;
-    let PerRouteConfig { disabled, overrides } = cfg;
+    let PerRouteConfig {
+        disabled,
+        overrides,
+    } = cfg;
     Ok(Arc::new(match (disabled, overrides) {
         (_, Some(o)) => PerRoute::Overrides(Box::new(o)),
         _ => PerRoute::Disabled,
@@ -215,7 +257,9 @@ impl Filter {
             metadata: None,
             initial_metadata: Vec::new(),
         };
-        let Some(route) = cx.route.as_ref() else { return e };
+        let Some(route) = cx.route.as_ref() else {
+            return e;
+        };
         for pf in route.per_filter_config(&self.name) {
             let PerFilterConfig::ExtProc(pr) = pf;
             match pr.as_ref() {
@@ -261,17 +305,27 @@ impl Filter {
     fn route_channel(&self, service: &GrpcService) -> Option<GrpcChannel> {
         let g = service.envoy_grpc.as_ref()?;
         let key = (g.cluster_name.clone(), g.authority.clone());
-        let mut cache = self.route_channels.lock().unwrap_or_else(|e| e.into_inner());
-        cache.entry(key).or_insert_with(|| channel_for(&self.clusters, service).ok().flatten()).clone()
+        let mut cache = self
+            .route_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| channel_for(&self.clusters, service).ok().flatten())
+            .clone()
     }
 
     /// The `metadata_context` for a message: the forwarded namespaces that exist.
     fn metadata_context(&self, opts: &MetadataOptions, cx: &StreamContext) -> core::Metadata {
         let mut md = core::Metadata::default();
-        let Some(ns) = opts.forwarding_namespaces.as_ref() else { return md };
+        let Some(ns) = opts.forwarding_namespaces.as_ref() else {
+            return md;
+        };
         for name in &ns.untyped {
             if let Some(s) = cx.dynamic_metadata.get(name) {
-                if let Ok(v) = envoy_types::pb::google::protobuf::Struct::decode(s.encode_to_vec().as_slice()) {
+                if let Ok(v) =
+                    envoy_types::pb::google::protobuf::Struct::decode(s.encode_to_vec().as_slice())
+                {
                     md.filter_metadata.insert(name.clone(), v);
                 }
             }
@@ -289,7 +343,10 @@ pub struct StreamFilter {
     effective: Option<Effective>,
 }
 
-fn apply_outcome_metadata(cx: &mut StreamContext, md: Vec<envoy_types::pb::google::protobuf::Struct>) {
+fn apply_outcome_metadata(
+    cx: &mut StreamContext,
+    md: Vec<envoy_types::pb::google::protobuf::Struct>,
+) {
     for s in md {
         for (ns, v) in s.fields {
             // Each top-level key is a namespace; its value must be a Struct.
@@ -306,7 +363,11 @@ fn apply_outcome_metadata(cx: &mut StreamContext, md: Vec<envoy_types::pb::googl
 impl StreamFilter {
     /// A new instance for one request.
     pub fn new(config: Arc<Filter>) -> Self {
-        StreamFilter { config, driver: None, effective: None }
+        StreamFilter {
+            config,
+            driver: None,
+            effective: None,
+        }
     }
 
     fn ensure_driver(&mut self, cx: &StreamContext) -> Option<&stream::Driver> {
@@ -345,15 +406,30 @@ impl StreamFilter {
                 .and_then(|g| g.max_receive_message_length)
                 .filter(|n| *n > 0)
                 .map(|n| n as usize);
-            let target = stream::SideStreamTarget { channel: picked, service, local: Some(cx.connection.local), max_receive };
-            let deferred = cfg.policy.observability_mode.then_some(cfg.deferred_close_timeout);
-            self.driver = Some(stream::Driver::spawn(core, target, cx.abort.clone(), deferred));
+            let target = stream::SideStreamTarget {
+                channel: picked,
+                service,
+                local: Some(cx.connection.local),
+                max_receive,
+            };
+            let deferred = cfg
+                .policy
+                .observability_mode
+                .then_some(cfg.deferred_close_timeout);
+            self.driver = Some(stream::Driver::spawn(
+                core,
+                target,
+                cx.abort.clone(),
+                deferred,
+            ));
         }
         self.driver.as_ref()
     }
 
     fn wants(&self, d: Dir) -> bool {
-        let Some(e) = &self.effective else { return false };
+        let Some(e) = &self.effective else {
+            return false;
+        };
         let m = match d {
             Dir::Request => e.mode.request,
             Dir::Response => e.mode.response,
@@ -362,7 +438,11 @@ impl StreamFilter {
     }
 
     /// Request path.
-    pub async fn decode(&mut self, req: http::Request<Body>, cx: &mut StreamContext) -> Result<http::Request<Body>, LocalReply> {
+    pub async fn decode(
+        &mut self,
+        req: http::Request<Body>,
+        cx: &mut StreamContext,
+    ) -> Result<http::Request<Body>, LocalReply> {
         self.effective = Some(self.config.effective(cx));
         if !self.wants(Dir::Request) {
             // Nothing to send on the request path: the side stream (if any) opens at encode.
@@ -371,18 +451,39 @@ impl StreamFilter {
         let (parts, body) = req.into_parts();
         let attrs = (!self.config.request_attributes.is_empty())
             .then(|| attributes::request(&self.config.request_attributes, &parts, cx));
-        let opts = self.effective.as_ref().and_then(|e| e.metadata.clone()).unwrap_or_else(|| self.config.metadata.clone());
+        let opts = self
+            .effective
+            .as_ref()
+            .and_then(|e| e.metadata.clone())
+            .unwrap_or_else(|| self.config.metadata.clone());
         let md = self.config.metadata_context(&opts, cx);
         let Some(driver) = self.ensure_driver(cx) else {
             return Ok(http::Request::from_parts(parts, body));
         };
         let eos = http_body::Body::is_end_stream(&body);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let msg = stream::Message { head: Head::Request(parts), body, eos, metadata_context: md, attributes: attrs, reply: tx };
+        let msg = stream::Message {
+            head: Head::Request(parts),
+            body,
+            eos,
+            metadata_context: md,
+            attributes: attrs,
+            reply: tx,
+        };
         let outcome = match driver.process(Dir::Request, msg, rx).await {
             Ok(o) => o,
-            Err(Some(stream::Message { head: Head::Request(p), body, .. })) => return Ok(http::Request::from_parts(p, body)),
-            Err(_) => return Err(LocalReply::new(http::StatusCode::INTERNAL_SERVER_ERROR, "", "ext_proc_error_internal")),
+            Err(Some(stream::Message {
+                head: Head::Request(p),
+                body,
+                ..
+            })) => return Ok(http::Request::from_parts(p, body)),
+            Err(_) => {
+                return Err(LocalReply::new(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "",
+                    "ext_proc_error_internal",
+                ))
+            }
         };
         apply_outcome_metadata(cx, outcome.metadata);
         if outcome.clear_route_cache {
@@ -394,12 +495,20 @@ impl StreamFilter {
         let (head, body) = outcome.result?;
         match head {
             Head::Request(p) => Ok(http::Request::from_parts(p, body)),
-            Head::Response(_) => Err(LocalReply::new(http::StatusCode::INTERNAL_SERVER_ERROR, "", "ext_proc_error_internal")),
+            Head::Response(_) => Err(LocalReply::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "",
+                "ext_proc_error_internal",
+            )),
         }
     }
 
     /// Response path.
-    pub async fn encode(&mut self, resp: http::Response<Body>, cx: &mut StreamContext) -> Result<http::Response<Body>, LocalReply> {
+    pub async fn encode(
+        &mut self,
+        resp: http::Response<Body>,
+        cx: &mut StreamContext,
+    ) -> Result<http::Response<Body>, LocalReply> {
         if self.effective.is_none() {
             // A local reply that skipped decode: merge the per-route config now.
             self.effective = Some(self.config.effective(cx));
@@ -410,18 +519,39 @@ impl StreamFilter {
         let (parts, body) = resp.into_parts();
         let attrs = (!self.config.response_attributes.is_empty())
             .then(|| attributes::response(&self.config.response_attributes, &parts, cx));
-        let opts = self.effective.as_ref().and_then(|e| e.metadata.clone()).unwrap_or_else(|| self.config.metadata.clone());
+        let opts = self
+            .effective
+            .as_ref()
+            .and_then(|e| e.metadata.clone())
+            .unwrap_or_else(|| self.config.metadata.clone());
         let md = self.config.metadata_context(&opts, cx);
         let Some(driver) = self.ensure_driver(cx) else {
             return Ok(http::Response::from_parts(parts, body));
         };
         let eos = http_body::Body::is_end_stream(&body);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let msg = stream::Message { head: Head::Response(parts), body, eos, metadata_context: md, attributes: attrs, reply: tx };
+        let msg = stream::Message {
+            head: Head::Response(parts),
+            body,
+            eos,
+            metadata_context: md,
+            attributes: attrs,
+            reply: tx,
+        };
         let outcome = match driver.process(Dir::Response, msg, rx).await {
             Ok(o) => o,
-            Err(Some(stream::Message { head: Head::Response(p), body, .. })) => return Ok(http::Response::from_parts(p, body)),
-            Err(_) => return Err(LocalReply::new(http::StatusCode::INTERNAL_SERVER_ERROR, "", "ext_proc_error_internal")),
+            Err(Some(stream::Message {
+                head: Head::Response(p),
+                body,
+                ..
+            })) => return Ok(http::Response::from_parts(p, body)),
+            Err(_) => {
+                return Err(LocalReply::new(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "",
+                    "ext_proc_error_internal",
+                ))
+            }
         };
         apply_outcome_metadata(cx, outcome.metadata);
         if let Err(r) = &outcome.result {
@@ -430,7 +560,11 @@ impl StreamFilter {
         let (head, body) = outcome.result?;
         match head {
             Head::Response(p) => Ok(http::Response::from_parts(p, body)),
-            Head::Request(_) => Err(LocalReply::new(http::StatusCode::INTERNAL_SERVER_ERROR, "", "ext_proc_error_internal")),
+            Head::Request(_) => Err(LocalReply::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "",
+                "ext_proc_error_internal",
+            )),
         }
     }
 }

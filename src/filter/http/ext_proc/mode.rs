@@ -130,7 +130,13 @@ impl Mode {
 /// A `ProcessingMode` as raw enum numbers, for `allowed_override_modes` (which compares the
 /// override literally, except `request_header_mode`).
 pub fn raw_mode_key(m: &PbMode) -> [i32; 5] {
-    [m.response_header_mode, m.request_body_mode, m.response_body_mode, m.request_trailer_mode, m.response_trailer_mode]
+    [
+        m.response_header_mode,
+        m.request_body_mode,
+        m.response_body_mode,
+        m.request_trailer_mode,
+        m.response_trailer_mode,
+    ]
 }
 
 /// The same key for a configured mode.
@@ -145,5 +151,11 @@ pub fn raw_mode_key_cfg(m: &ProcessingModeConfig) -> [i32; 5] {
     fn b(v: Option<BodySendMode>) -> i32 {
         BodyMode::from_cfg(v).number()
     }
-    [h(m.response_header_mode), b(m.request_body_mode), b(m.response_body_mode), h(m.request_trailer_mode), h(m.response_trailer_mode)]
+    [
+        h(m.response_header_mode),
+        b(m.request_body_mode),
+        b(m.response_body_mode),
+        h(m.request_trailer_mode),
+        h(m.response_trailer_mode),
+    ]
 }

@@ -39,7 +39,13 @@ impl Head {
 
     /// The `content-length` header as a number, if valid.
     pub fn content_length(&self) -> Option<u64> {
-        self.headers().get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+        self.headers()
+            .get(CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
@@ -48,7 +54,11 @@ pub fn authority(p: &http::request::Parts) -> Option<String> {
     p.uri
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| p.headers.get(HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()))
+        .or_else(|| {
+            p.headers
+                .get(HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        })
 }
 
 /// Which headers are sent to the processor (`forward_rules`).
@@ -72,7 +82,11 @@ impl ForwardRules {
 
 fn push(out: &mut Vec<core::HeaderValue>, rules: &ForwardRules, key: &str, value: &[u8]) {
     if rules.allows(key) {
-        out.push(core::HeaderValue { key: key.to_string(), value: String::new(), raw_value: value.to_vec() });
+        out.push(core::HeaderValue {
+            key: key.to_string(),
+            value: String::new(),
+            raw_value: value.to_vec(),
+        });
     }
 }
 
@@ -161,7 +175,9 @@ pub struct Checker {
 impl Checker {
     /// Compiles the rules (unset = Envoy's defaults).
     pub fn build(cfg: Option<&MutationRulesConfig>, path: &str) -> Result<Self, ConfigError> {
-        let Some(cfg) = cfg else { return Ok(Checker::default()) };
+        let Some(cfg) = cfg else {
+            return Ok(Checker::default());
+        };
         let MutationRulesConfig {
             allow_all_routing,
             allow_envoy,
@@ -202,16 +218,25 @@ impl Checker {
         if op == Op::Remove && (name.starts_with(':') || name == "host") {
             return false;
         }
-        if self.disallow_expression.as_ref().is_some_and(|r| r.is_match(name)) {
+        if self
+            .disallow_expression
+            .as_ref()
+            .is_some_and(|r| r.is_match(name))
+        {
             return false;
         }
-        if self.allow_expression.as_ref().is_some_and(|r| r.is_match(name)) {
+        if self
+            .allow_expression
+            .as_ref()
+            .is_some_and(|r| r.is_match(name))
+        {
             return true;
         }
         if self.disallow_all {
             return false;
         }
-        if matches!(name, "host" | ":authority" | ":method" | ":scheme") && !self.allow_all_routing {
+        if matches!(name, "host" | ":authority" | ":method" | ":scheme") && !self.allow_all_routing
+        {
             return false;
         }
         if name.starts_with(':') && (op == Op::Append || self.disallow_system) {
@@ -249,7 +274,9 @@ pub struct Context {
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
-        && (name.strip_prefix(':').is_some_and(|n| !n.is_empty() && HeaderName::from_bytes(n.as_bytes()).is_ok())
+        && (name
+            .strip_prefix(':')
+            .is_some_and(|n| !n.is_empty() && HeaderName::from_bytes(n.as_bytes()).is_ok())
             || HeaderName::from_bytes(name.as_bytes()).is_ok())
 }
 
@@ -275,7 +302,9 @@ fn apply_pseudo(head: &mut Head, name: &str, value: &[u8], cx: Context) -> bool 
             Err(_) => return false,
         },
         (Head::Request(p), ":authority") => {
-            let Ok(auth) = text.parse::<http::uri::Authority>() else { return false };
+            let Ok(auth) = text.parse::<http::uri::Authority>() else {
+                return false;
+            };
             if p.uri.authority().is_some() {
                 let mut parts = p.uri.clone().into_parts();
                 parts.authority = Some(auth);
@@ -369,7 +398,11 @@ pub fn apply(
         let Some(h) = &opt.header else { continue };
         let name = h.key.to_ascii_lowercase();
         // Envoy reads only raw_value (quirk H10); extproxy falls back to `value`.
-        let value: &[u8] = if h.raw_value.is_empty() { h.value.as_bytes() } else { &h.raw_value };
+        let value: &[u8] = if h.raw_value.is_empty() {
+            h.value.as_bytes()
+        } else {
+            &h.raw_value
+        };
         let parsed_value = HeaderValue::from_bytes(value);
         if !valid_name(&name) || parsed_value.is_err() {
             stats.rejected_header_mutations.inc();
@@ -387,8 +420,16 @@ pub fn apply(
         // `append` is deprecated in favour of `append_action`, but it is what Envoy honours.
         #[allow(deprecated)]
         let append = opt.append.as_ref().map(|b| b.value);
-        let op = if append == Some(true) && exists { Op::Append } else { Op::Set };
-        let verdict = if cx.replace && name == ":method" { Verdict::Allow } else { checker.check(&name, op) };
+        let op = if append == Some(true) && exists {
+            Op::Append
+        } else {
+            Op::Set
+        };
+        let verdict = if cx.replace && name == ":method" {
+            Verdict::Allow
+        } else {
+            checker.check(&name, op)
+        };
         match verdict {
             Verdict::Allow => {}
             Verdict::Ignore => {
@@ -410,7 +451,9 @@ pub fn apply(
             }
             continue;
         }
-        let (Ok(hn), Ok(hv)) = (HeaderName::from_bytes(name.as_bytes()), parsed_value) else { continue };
+        let (Ok(hn), Ok(hv)) = (HeaderName::from_bytes(name.as_bytes()), parsed_value) else {
+            continue;
+        };
         let map = target.map();
         match append {
             Some(true) => {
@@ -441,7 +484,11 @@ mod tests {
     #[allow(deprecated)]
     fn opt(k: &str, v: &[u8], append: Option<bool>, action: i32) -> core::HeaderValueOption {
         core::HeaderValueOption {
-            header: Some(core::HeaderValue { key: k.into(), value: String::new(), raw_value: v.to_vec() }),
+            header: Some(core::HeaderValue {
+                key: k.into(),
+                value: String::new(),
+                raw_value: v.to_vec(),
+            }),
             append: append.map(|value| BoolValue { value }),
             append_action: action,
             keep_empty_value: false,
@@ -475,7 +522,14 @@ mod tests {
             ],
             remove_headers: vec!["x-a".into(), "x-b".into(), ":path".into(), "host".into()],
         };
-        apply(Target::Head(&mut h), &m, &Checker::default(), Context::default(), &stats).unwrap();
+        apply(
+            Target::Head(&mut h),
+            &m,
+            &Checker::default(),
+            Context::default(),
+            &stats,
+        )
+        .unwrap();
         let Head::Request(p) = &h else { unreachable!() };
         assert_eq!(p.headers["x-a"], "new");
         assert!(!p.headers.contains_key("x-b"));
@@ -491,16 +545,41 @@ mod tests {
     #[test]
     fn invalid_characters_are_hard_errors() {
         let stats = Stats::detached();
-        for (k, v) in [("x-a", &b"a\r\nb"[..]), ("x-a", b"a\0"), ("x a", b"1"), ("x\na", b"1")] {
+        for (k, v) in [
+            ("x-a", &b"a\r\nb"[..]),
+            ("x-a", b"a\0"),
+            ("x a", b"1"),
+            ("x\na", b"1"),
+        ] {
             let mut h = req();
-            let m = HeaderMutation { set_headers: vec![opt(k, v, None, 0)], remove_headers: vec![] };
-            let e = apply(Target::Head(&mut h), &m, &Checker::default(), Context::default(), &stats).unwrap_err();
+            let m = HeaderMutation {
+                set_headers: vec![opt(k, v, None, 0)],
+                remove_headers: vec![],
+            };
+            let e = apply(
+                Target::Head(&mut h),
+                &m,
+                &Checker::default(),
+                Context::default(),
+                &stats,
+            )
+            .unwrap_err();
             assert_eq!(e, MutationError::InvalidCharacter);
             assert_eq!(h.headers()["x-a"], "1", "nothing applied");
         }
         let mut h = req();
-        let m = HeaderMutation { set_headers: vec![], remove_headers: vec!["bad\r\nname".into()] };
-        assert!(apply(Target::Head(&mut h), &m, &Checker::default(), Context::default(), &stats).is_err());
+        let m = HeaderMutation {
+            set_headers: vec![],
+            remove_headers: vec!["bad\r\nname".into()],
+        };
+        assert!(apply(
+            Target::Head(&mut h),
+            &m,
+            &Checker::default(),
+            Context::default(),
+            &stats
+        )
+        .is_err());
     }
 
     #[test]
@@ -516,7 +595,14 @@ mod tests {
             ],
             remove_headers: vec![],
         };
-        apply(Target::Head(&mut h), &m, &Checker::default(), Context::default(), &stats).unwrap();
+        apply(
+            Target::Head(&mut h),
+            &m,
+            &Checker::default(),
+            Context::default(),
+            &stats,
+        )
+        .unwrap();
         let all: Vec<_> = h.headers().get_all("x-a").iter().collect();
         assert_eq!(all, ["1", "2"]);
         assert_eq!(h.headers()["x-b"], "2");
@@ -532,19 +618,35 @@ mod tests {
         if let Some(hv) = o.header.as_mut() {
             hv.value = "text".into();
         }
-        let m = HeaderMutation { set_headers: vec![o], remove_headers: vec![] };
-        apply(Target::Head(&mut h), &m, &Checker::default(), Context::default(), &stats).unwrap();
+        let m = HeaderMutation {
+            set_headers: vec![o],
+            remove_headers: vec![],
+        };
+        apply(
+            Target::Head(&mut h),
+            &m,
+            &Checker::default(),
+            Context::default(),
+            &stats,
+        )
+        .unwrap();
         assert_eq!(h.headers()["x-v"], "text");
     }
 
     #[test]
     fn routing_rules_and_status() {
         let stats = Stats::detached();
-        let rules = MutationRulesConfig { allow_all_routing: Some(true), ..Default::default() };
+        let rules = MutationRulesConfig {
+            allow_all_routing: Some(true),
+            ..Default::default()
+        };
         let c = Checker::build(Some(&rules), "r").unwrap();
         let mut h = req();
         let m = HeaderMutation {
-            set_headers: vec![opt(":authority", b"other.com", None, 0), opt(":method", b"PUT", None, 0)],
+            set_headers: vec![
+                opt(":authority", b"other.com", None, 0),
+                opt(":method", b"PUT", None, 0),
+            ],
             remove_headers: vec![],
         };
         apply(Target::Head(&mut h), &m, &c, Context::default(), &stats).unwrap();
@@ -552,13 +654,39 @@ mod tests {
         assert_eq!(p.method, Method::PUT);
         assert_eq!(p.headers["host"], "other.com");
 
-        let (rp, _) = http::Response::builder().status(200).body(()).unwrap().into_parts();
+        let (rp, _) = http::Response::builder()
+            .status(200)
+            .body(())
+            .unwrap()
+            .into_parts();
         let mut r = Head::Response(rp);
-        let m = HeaderMutation { set_headers: vec![opt(":status", b"100", None, 0)], remove_headers: vec![] };
-        apply(Target::Head(&mut r), &m, &Checker::default(), Context::default(), &stats).unwrap();
-        let m = HeaderMutation { set_headers: vec![opt(":status", b"201", None, 0)], remove_headers: vec![] };
-        apply(Target::Head(&mut r), &m, &Checker::default(), Context::default(), &stats).unwrap();
-        let Head::Response(p) = &r else { unreachable!() };
+        let m = HeaderMutation {
+            set_headers: vec![opt(":status", b"100", None, 0)],
+            remove_headers: vec![],
+        };
+        apply(
+            Target::Head(&mut r),
+            &m,
+            &Checker::default(),
+            Context::default(),
+            &stats,
+        )
+        .unwrap();
+        let m = HeaderMutation {
+            set_headers: vec![opt(":status", b"201", None, 0)],
+            remove_headers: vec![],
+        };
+        apply(
+            Target::Head(&mut r),
+            &m,
+            &Checker::default(),
+            Context::default(),
+            &stats,
+        )
+        .unwrap();
+        let Head::Response(p) = &r else {
+            unreachable!()
+        };
         assert_eq!(p.status, 201);
         assert_eq!(stats.rejected_header_mutations.value(), 1);
     }
@@ -566,13 +694,28 @@ mod tests {
     #[test]
     fn disallow_is_error_fails() {
         let stats = Stats::detached();
-        let rules = MutationRulesConfig { disallow_is_error: Some(true), ..Default::default() };
+        let rules = MutationRulesConfig {
+            disallow_is_error: Some(true),
+            ..Default::default()
+        };
         let c = Checker::build(Some(&rules), "r").unwrap();
         let mut h = req();
-        let m = HeaderMutation { set_headers: vec![opt(":scheme", b"https", None, 0)], remove_headers: vec![] };
-        assert_eq!(apply(Target::Head(&mut h), &m, &c, Context::default(), &stats), Err(MutationError::SetFailed));
-        let m = HeaderMutation { set_headers: vec![], remove_headers: vec![":path".into()] };
-        assert_eq!(apply(Target::Head(&mut h), &m, &c, Context::default(), &stats), Err(MutationError::RemoveFailed));
+        let m = HeaderMutation {
+            set_headers: vec![opt(":scheme", b"https", None, 0)],
+            remove_headers: vec![],
+        };
+        assert_eq!(
+            apply(Target::Head(&mut h), &m, &c, Context::default(), &stats),
+            Err(MutationError::SetFailed)
+        );
+        let m = HeaderMutation {
+            set_headers: vec![],
+            remove_headers: vec![":path".into()],
+        };
+        assert_eq!(
+            apply(Target::Head(&mut h), &m, &c, Context::default(), &stats),
+            Err(MutationError::RemoveFailed)
+        );
     }
 
     #[test]
@@ -580,10 +723,18 @@ mod tests {
         let rules = ForwardRules::default();
         let hm = to_proto(&req(), &rules);
         let keys: Vec<_> = hm.headers.iter().map(|h| h.key.as_str()).collect();
-        assert_eq!(keys, [":authority", ":path", ":method", ":scheme", "x-a", "x-b"]);
+        assert_eq!(
+            keys,
+            [":authority", ":path", ":method", ":scheme", "x-a", "x-b"]
+        );
         assert!(hm.headers.iter().all(|h| h.value.is_empty()));
-        let only = ListStringMatcher(vec![crate::filter::common::string_matcher::StringMatcher::Exact("x-a".into(), false)]);
-        let rules = ForwardRules { allowed: Some(only), disallowed: None };
+        let only = ListStringMatcher(vec![
+            crate::filter::common::string_matcher::StringMatcher::Exact("x-a".into(), false),
+        ]);
+        let rules = ForwardRules {
+            allowed: Some(only),
+            disallowed: None,
+        };
         let hm = to_proto(&req(), &rules);
         let keys: Vec<_> = hm.headers.iter().map(|h| h.key.as_str()).collect();
         assert_eq!(keys, ["x-a"]);

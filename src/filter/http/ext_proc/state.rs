@@ -224,7 +224,9 @@ fn concat(parts: impl Iterator<Item = Bytes>) -> Bytes {
 
 /// Replaces whitespace with `_`, as Envoy does for response-code details.
 pub fn underscore(s: &str) -> String {
-    s.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect()
 }
 
 /// The state machine of one HTTP stream's external processing.
@@ -254,7 +256,12 @@ pub struct Core {
 
 impl Core {
     /// A new stream. `mode`, `fail_open` and `receiving` are the per-route merged values.
-    pub fn new(policy: Arc<Policy>, mode: Mode, fail_open: bool, receiving: Arc<Vec<String>>) -> Self {
+    pub fn new(
+        policy: Arc<Policy>,
+        mode: Mode,
+        fail_open: bool,
+        receiving: Arc<Vec<String>>,
+    ) -> Self {
         Core {
             policy,
             fail_open,
@@ -449,7 +456,11 @@ impl Core {
     }
 
     fn body_msg(d: Dir, body: &Bytes, eos: bool) -> Req {
-        let b = pb::HttpBody { body: body.to_vec(), end_of_stream: eos, ..Default::default() };
+        let b = pb::HttpBody {
+            body: body.to_vec(),
+            end_of_stream: eos,
+            ..Default::default()
+        };
         match d {
             Dir::Request => Req::RequestBody(b),
             Dir::Response => Req::ResponseBody(b),
@@ -457,7 +468,9 @@ impl Core {
     }
 
     fn trailers_msg(&self, d: Dir, t: &HeaderMap) -> Req {
-        let t = pb::HttpTrailers { trailers: Some(mutation::trailers_to_proto(t, &self.policy.forward)) };
+        let t = pb::HttpTrailers {
+            trailers: Some(mutation::trailers_to_proto(t, &self.policy.forward)),
+        };
         match d {
             Dir::Request => Req::RequestTrailers(t),
             Dir::Response => Req::ResponseTrailers(t),
@@ -543,7 +556,11 @@ impl Core {
         self.stop_timer(Dir::Request);
         self.stop_timer(Dir::Response);
         self.stats().immediate_responses_sent.inc();
-        self.out.push_back(Action::LocalReply(LocalReply::new(status, Bytes::new(), underscore(details))));
+        self.out.push_back(Action::LocalReply(LocalReply::new(
+            status,
+            Bytes::new(),
+            underscore(details),
+        )));
     }
 
     /// A local reply that is not ext_proc's own (buffer overflow: the filter manager's).
@@ -553,14 +570,27 @@ impl Core {
         self.stop_timer(Dir::Request);
         self.stop_timer(Dir::Response);
         let reply = match d {
-            Dir::Request => LocalReply::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", "request_payload_too_large"),
-            Dir::Response => LocalReply::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", "response_payload_too_large"),
+            Dir::Request => LocalReply::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+                "request_payload_too_large",
+            ),
+            Dir::Response => LocalReply::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+                "response_payload_too_large",
+            ),
         };
         self.out.push_back(Action::LocalReply(reply));
     }
 
     fn may_close_early(&mut self) {
-        if !self.done && self.opened && !self.closed && !self.will_send_more(Dir::Request) && !self.will_send_more(Dir::Response) {
+        if !self.done
+            && self.opened
+            && !self.closed
+            && !self.will_send_more(Dir::Request)
+            && !self.will_send_more(Dir::Response)
+        {
             self.close();
         }
     }
@@ -571,7 +601,11 @@ impl Core {
         if ds.cb != Callback::Idle {
             return true;
         }
-        if m.body == BodyMode::FullDuplex && ds.started && !ds.head_eos && (!ds.fd_body_done || (ds.trailers_sent && !ds.ended)) {
+        if m.body == BodyMode::FullDuplex
+            && ds.started
+            && !ds.head_eos
+            && (!ds.fd_body_done || (ds.trailers_sent && !ds.ended))
+        {
             return true;
         }
         if !ds.started {
@@ -588,7 +622,10 @@ impl Core {
                 BodyMode::Buffered | BodyMode::BufferedPartial => !ds.body_sent,
                 BodyMode::Streamed | BodyMode::FullDuplex => !ds.eos_sent,
             };
-        let trailers_pending = m.send_trailers && !ds.trailers_sent && !ds.drop_body && (!ds.input_done || ds.trailers.is_some());
+        let trailers_pending = m.send_trailers
+            && !ds.trailers_sent
+            && !ds.drop_body
+            && (!ds.input_done || ds.trailers.is_some());
         body_pending || trailers_pending
     }
 
@@ -706,14 +743,16 @@ impl Core {
                     return;
                 }
                 self.queue_data(d, data);
-                if m.body == BodyMode::Buffered && self.ds_ref(d).queued > self.policy.buffer_limit {
+                if m.body == BodyMode::Buffered && self.ds_ref(d).queued > self.policy.buffer_limit
+                {
                     self.overflow(d);
                     return;
                 }
                 self.advance(d);
             }
             BodyMode::Streamed => {
-                let waiting = self.ds_ref(d).cb == Callback::Headers && !self.policy.send_body_without_waiting;
+                let waiting = self.ds_ref(d).cb == Callback::Headers
+                    && !self.policy.send_body_without_waiting;
                 if waiting || !self.ds_ref(d).queue.is_empty() {
                     self.queue_data(d, data);
                     self.advance(d);
@@ -763,7 +802,8 @@ impl Core {
             ds.got_trailers = true;
         }
         let ds = self.ds_ref(d);
-        if self.done || ds.drop_body || (ds.passthrough && ds.head.is_none() && ds.queue.is_empty()) {
+        if self.done || ds.drop_body || (ds.passthrough && ds.head.is_none() && ds.queue.is_empty())
+        {
             if ds.head.is_some() || !ds.queue.is_empty() {
                 self.ds(d).trailers = Some(trailers);
                 self.flush(d);
@@ -781,7 +821,11 @@ impl Core {
             self.emit_trailers(d, trailers);
             return;
         }
-        if m.body == BodyMode::FullDuplex && !m.send_trailers && !self.ds_ref(d).passthrough && !self.ds_ref(d).drop_body {
+        if m.body == BodyMode::FullDuplex
+            && !m.send_trailers
+            && !self.ds_ref(d).passthrough
+            && !self.ds_ref(d).drop_body
+        {
             if self.ds_ref(d).fd_body_done {
                 self.emit_trailers(d, trailers);
             } else {
@@ -820,7 +864,8 @@ impl Core {
             && !ds.passthrough
             && !ds.drop_body
         {
-            let ready = ds.input_done || (m.body == BodyMode::BufferedPartial && ds.queued > self.policy.buffer_limit);
+            let ready = ds.input_done
+                || (m.body == BodyMode::BufferedPartial && ds.queued > self.policy.buffer_limit);
             if !ready {
                 return;
             }
@@ -835,7 +880,11 @@ impl Core {
                 ds.inflight.push_back(body);
                 ds.body_sent = true;
                 ds.eos_sent = eos;
-                ds.cb = if m.body == BodyMode::Buffered { Callback::BufferedBody } else { Callback::PartialBody };
+                ds.cb = if m.body == BodyMode::Buffered {
+                    Callback::BufferedBody
+                } else {
+                    Callback::PartialBody
+                };
                 self.send(d, msg);
                 if !self.done {
                     self.start_timer(d);
@@ -850,8 +899,10 @@ impl Core {
             return;
         }
         // Queued data.
-        let streamed = m.body == BodyMode::Streamed && !ds.passthrough && !ds.drop_body && !ds.head_eos;
-        if streamed && (!ds.queue.is_empty() || (ds.input_done && !ds.got_trailers && !ds.eos_sent)) {
+        let streamed =
+            m.body == BodyMode::Streamed && !ds.passthrough && !ds.drop_body && !ds.head_eos;
+        if streamed && (!ds.queue.is_empty() || (ds.input_done && !ds.got_trailers && !ds.eos_sent))
+        {
             let eos = ds.input_done && ds.trailers.is_none();
             let chunk = self.ds(d).take_queue();
             self.send_chunk(d, chunk, eos);
@@ -898,7 +949,10 @@ impl Core {
             self.stats().failure_mode_allowed.inc();
             self.finish_processing();
         } else {
-            self.error_reply(StatusCode::GATEWAY_TIMEOUT, "ext_proc_error_per-message_timeout_exceeded");
+            self.error_reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                "ext_proc_error_per-message_timeout_exceeded",
+            );
         }
     }
 
@@ -928,7 +982,13 @@ impl Core {
             self.finish_processing();
         } else {
             let status = self.policy.status_on_error;
-            self.error_reply(status, &format!("ext_proc_error_gRPC_error_{code}{{{}}}", underscore(message)));
+            self.error_reply(
+                status,
+                &format!(
+                    "ext_proc_error_gRPC_error_{code}{{{}}}",
+                    underscore(message)
+                ),
+            );
         }
     }
 }

@@ -4,7 +4,6 @@
 use super::*;
 
 impl Core {
-
     /// A message arrived from the processor.
     pub fn on_response(&mut self, resp: pb::ProcessingResponse) {
         if self.done || self.policy.observability_mode {
@@ -31,15 +30,25 @@ impl Core {
         // Metadata must be in place before the headers it comes with are forwarded.
         let mark = self.out.len();
         let outcome = match r {
-            Resp::RequestHeaders(h) => self.on_headers_reply(Dir::Request, h.response.unwrap_or_default()),
-            Resp::ResponseHeaders(h) => self.on_headers_reply(Dir::Response, h.response.unwrap_or_default()),
-            Resp::RequestBody(b) => self.on_body_reply(Dir::Request, b.response.unwrap_or_default()),
-            Resp::ResponseBody(b) => self.on_body_reply(Dir::Response, b.response.unwrap_or_default()),
+            Resp::RequestHeaders(h) => {
+                self.on_headers_reply(Dir::Request, h.response.unwrap_or_default())
+            }
+            Resp::ResponseHeaders(h) => {
+                self.on_headers_reply(Dir::Response, h.response.unwrap_or_default())
+            }
+            Resp::RequestBody(b) => {
+                self.on_body_reply(Dir::Request, b.response.unwrap_or_default())
+            }
+            Resp::ResponseBody(b) => {
+                self.on_body_reply(Dir::Response, b.response.unwrap_or_default())
+            }
             Resp::RequestTrailers(t) => self.on_trailers_reply(Dir::Request, t.header_mutation),
             Resp::ResponseTrailers(t) => self.on_trailers_reply(Dir::Response, t.header_mutation),
             Resp::ImmediateResponse(i) => {
                 if self.policy.disable_immediate_response {
-                    Err(Failure::Spurious("unhandled immediate response due to config disabled it"))
+                    Err(Failure::Spurious(
+                        "unhandled immediate response due to config disabled it",
+                    ))
                 } else {
                     self.apply_metadata(metadata);
                     self.stats().stream_msgs_received.inc();
@@ -90,15 +99,28 @@ impl Core {
                 }
                 self.stop_timer(Dir::Request);
                 self.req.cb = Callback::Idle;
-                let mut reply = LocalReply { status: StatusCode::OK, details: "ext_proc_local_response".into(), ..Default::default() };
+                let mut reply = LocalReply {
+                    status: StatusCode::OK,
+                    details: "ext_proc_local_response".into(),
+                    ..Default::default()
+                };
                 for hv in h.headers.map(|m| m.headers).unwrap_or_default() {
-                    let value: &[u8] = if hv.raw_value.is_empty() { hv.value.as_bytes() } else { &hv.raw_value };
+                    let value: &[u8] = if hv.raw_value.is_empty() {
+                        hv.value.as_bytes()
+                    } else {
+                        &hv.raw_value
+                    };
                     if hv.key == ":status" {
-                        if let Some(code) = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u16>().ok()) {
+                        if let Some(code) = std::str::from_utf8(value)
+                            .ok()
+                            .and_then(|v| v.parse::<u16>().ok())
+                        {
                             reply.status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
                         }
                     } else if let (Ok(k), Ok(v)) = (
-                        http::header::HeaderName::from_bytes(hv.key.to_ascii_lowercase().as_bytes()),
+                        http::header::HeaderName::from_bytes(
+                            hv.key.to_ascii_lowercase().as_bytes(),
+                        ),
                         http::HeaderValue::from_bytes(value),
                     ) {
                         reply.headers.append(k, v);
@@ -108,7 +130,9 @@ impl Core {
                 h.end_of_stream
             }
             Some(Sir::BodyResponse(b)) => {
-                let Some(reply) = self.local_response.as_mut() else { return Err(Failure::Spurious("unhandled message")) };
+                let Some(reply) = self.local_response.as_mut() else {
+                    return Err(Failure::Spurious("unhandled message"));
+                };
                 let mut body = BytesMut::from(&reply.body[..]);
                 body.extend_from_slice(&b.body);
                 reply.body = body.freeze();
@@ -135,10 +159,15 @@ impl Core {
 
     fn apply_metadata(&mut self, md: Option<Struct>) {
         let Some(md) = md else { return };
-        let fields: std::collections::BTreeMap<_, _> =
-            md.fields.into_iter().filter(|(k, _)| self.receiving.iter().any(|n| n == k)).collect();
+        let fields: std::collections::BTreeMap<_, _> = md
+            .fields
+            .into_iter()
+            .filter(|(k, _)| self.receiving.iter().any(|n| n == k))
+            .collect();
         if !fields.is_empty() {
-            self.out.push_back(Action::Metadata(Struct { fields: fields.into_iter().collect() }));
+            self.out.push_back(Action::Metadata(Struct {
+                fields: fields.into_iter().collect(),
+            }));
         }
     }
 
@@ -156,9 +185,16 @@ impl Core {
     fn on_override_timeout(&mut self, t: envoy_types::pb::google::protobuf::Duration) {
         let v = Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
         let max = self.policy.max_message_timeout;
-        let dir = [Dir::Request, Dir::Response].into_iter().find(|d| self.ds_ref(*d).timer);
+        let dir = [Dir::Request, Dir::Response]
+            .into_iter()
+            .find(|d| self.ds_ref(*d).timer);
         match dir {
-            Some(d) if !max.is_zero() && v >= Duration::from_millis(1) && v <= max && !self.ds_ref(d).override_used => {
+            Some(d)
+                if !max.is_zero()
+                    && v >= Duration::from_millis(1)
+                    && v <= max
+                    && !self.ds_ref(d).override_used =>
+            {
                 self.ds(d).override_used = true;
                 self.stats().override_message_timeout_received.inc();
                 self.out.push_back(Action::Timer(d, Some(v)));
@@ -169,19 +205,25 @@ impl Core {
 
     fn override_allowed(&self, mo: &PbMode) -> bool {
         let p = &self.policy;
-        let fd = |m: Mode| m.request.body == BodyMode::FullDuplex || m.response.body == BodyMode::FullDuplex;
+        let fd = |m: Mode| {
+            m.request.body == BodyMode::FullDuplex || m.response.body == BodyMode::FullDuplex
+        };
         p.allow_mode_override
             && !p.send_body_without_waiting
             && !fd(self.initial_mode)
             && (self.req.cb == Callback::Headers || self.resp.cb == Callback::Headers)
-            && (p.allowed_override_modes.is_empty() || p.allowed_override_modes.contains(&raw_mode_key(mo)))
+            && (p.allowed_override_modes.is_empty()
+                || p.allowed_override_modes.contains(&raw_mode_key(mo)))
     }
 
     fn maybe_override(&mut self, mo: &PbMode) {
         if !self.override_allowed(mo) {
             return;
         }
-        let cur = Mode { request: self.req.mode, response: self.resp.mode };
+        let cur = Mode {
+            request: self.req.mode,
+            response: self.resp.mode,
+        };
         let new = cur.overridden(mo);
         // The request path cannot change once its headers reply is in.
         if self.req.cb == Callback::Headers {
@@ -235,11 +277,16 @@ impl Core {
         // STREAMED with send_body_without_waiting_for_header_response: chunks already sent
         // now await their replies.
         let ds = self.ds(d);
-        ds.cb = if ds.inflight.is_empty() { Callback::Idle } else { Callback::StreamedBody };
+        ds.cb = if ds.inflight.is_empty() {
+            Callback::Idle
+        } else {
+            Callback::StreamedBody
+        };
         if ds.cb == Callback::StreamedBody {
             self.start_timer(d);
         }
-        let replace = common.status == pb::common_response::ResponseStatus::ContinueAndReplace as i32;
+        let replace =
+            common.status == pb::common_response::ResponseStatus::ContinueAndReplace as i32;
         let strip = self.should_strip_cl(d);
         let has_mutation = common.header_mutation.is_some();
         let cl_before = self.ds_ref(d).head.as_ref().and_then(Head::content_length);
@@ -247,8 +294,17 @@ impl Core {
             let policy = self.policy.clone();
             let head = self.ds(d).head.as_mut();
             if let Some(head) = head {
-                mutation::apply(Target::Head(head), hm, &policy.checker, Context { replace, strip_content_length: strip }, &policy.stats)
-                    .map_err(Failure::Mutation)?;
+                mutation::apply(
+                    Target::Head(head),
+                    hm,
+                    &policy.checker,
+                    Context {
+                        replace,
+                        strip_content_length: strip,
+                    },
+                    &policy.stats,
+                )
+                .map_err(Failure::Mutation)?;
             }
         }
         if !replace && self.mode(d).body == BodyMode::None {
@@ -259,7 +315,9 @@ impl Core {
             let known_len = if ds.head_eos { Some(0) } else { cl_before };
             if let (Some(after), Some(len)) = (cl_after, known_len) {
                 if after != len && cl_after != cl_before {
-                    return Err(Failure::Other("mismatch between content length and the length of the mutated body"));
+                    return Err(Failure::Other(
+                        "mismatch between content length and the length of the mutated body",
+                    ));
                 }
             }
         }
@@ -290,7 +348,10 @@ impl Core {
                 }
                 None => self.ds(d).passthrough = true,
             }
-        } else if !matches!(self.mode(d).body, BodyMode::Buffered | BodyMode::BufferedPartial) {
+        } else if !matches!(
+            self.mode(d).body,
+            BodyMode::Buffered | BodyMode::BufferedPartial
+        ) {
             // The headers go on now; body replies (STREAMED chunks sent early, FULL_DUPLEX
             // responses) may follow right away.
             self.emit_head(d);
@@ -379,8 +440,17 @@ impl Core {
                 let partial = ds.cb == Callback::PartialBody;
                 ds.cb = Callback::Idle;
                 if let (Some(hm), Some(head)) = (&common.header_mutation, ds.head.as_mut()) {
-                    mutation::apply(Target::Head(head), hm, &policy.checker, Context { replace: false, strip_content_length: strip }, &policy.stats)
-                        .map_err(Failure::Mutation)?;
+                    mutation::apply(
+                        Target::Head(head),
+                        hm,
+                        &policy.checker,
+                        Context {
+                            replace: false,
+                            strip_content_length: strip,
+                        },
+                        &policy.stats,
+                    )
+                    .map_err(Failure::Mutation)?;
                 }
                 let body = concat(ds.inflight.drain(..));
                 let mutated = mutation.is_some();
@@ -408,7 +478,8 @@ impl Core {
 
     fn on_trailers_reply(&mut self, d: Dir, hm: Option<pb::HeaderMutation>) -> Result<(), Failure> {
         let ds = self.ds_ref(d);
-        let fd_ok = ds.mode.body == BodyMode::FullDuplex && ds.trailers_sent && ds.cb == Callback::Idle;
+        let fd_ok =
+            ds.mode.body == BodyMode::FullDuplex && ds.trailers_sent && ds.cb == Callback::Idle;
         if ds.cb != Callback::Trailers && !fd_ok {
             return Err(Failure::Spurious("spurious message"));
         }
@@ -418,8 +489,14 @@ impl Core {
         ds.cb = Callback::Idle;
         let mut t = ds.trailers.take().unwrap_or_default();
         if let Some(hm) = &hm {
-            mutation::apply(Target::Trailers(&mut t), hm, &policy.checker, Context::default(), &policy.stats)
-                .map_err(Failure::Mutation)?;
+            mutation::apply(
+                Target::Trailers(&mut t),
+                hm,
+                &policy.checker,
+                Context::default(),
+                &policy.stats,
+            )
+            .map_err(Failure::Mutation)?;
         }
         self.emit_trailers(d, t);
         Ok(())
@@ -435,7 +512,13 @@ impl Core {
         let mut headers = HeaderMap::new();
         if let Some(hm) = &i.headers {
             // A failed mutation stops the remaining ones; the reply is still sent (§4.11).
-            let _ = mutation::apply(Target::Trailers(&mut headers), hm, &self.policy.checker, Context::default(), &self.policy.stats);
+            let _ = mutation::apply(
+                Target::Trailers(&mut headers),
+                hm,
+                &self.policy.checker,
+                Context::default(),
+                &self.policy.stats,
+            );
         }
         let reply = LocalReply {
             status,

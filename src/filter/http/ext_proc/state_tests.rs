@@ -22,7 +22,10 @@ fn t(mode: Mode, f: impl FnOnce(&mut Policy)) -> T {
 
 fn t_open(mode: Mode, fail_open: bool, f: impl FnOnce(&mut Policy)) -> T {
     let (p, stats) = policy(f);
-    T { core: Core::new(p, mode, fail_open, Arc::new(vec!["ns".into()])), stats }
+    T {
+        core: Core::new(p, mode, fail_open, Arc::new(vec!["ns".into()])),
+        stats,
+    }
 }
 
 fn mode(req_body: BodyMode, resp_body: BodyMode) -> Mode {
@@ -33,7 +36,10 @@ fn mode(req_body: BodyMode, resp_body: BodyMode) -> Mode {
 }
 
 fn req_head(cl: Option<usize>) -> Head {
-    let mut b = http::Request::builder().method("POST").uri("/p").header("host", "h");
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri("/p")
+        .header("host", "h");
     if let Some(n) = cl {
         b = b.header("content-length", n.to_string());
     }
@@ -41,7 +47,15 @@ fn req_head(cl: Option<usize>) -> Head {
 }
 
 fn resp_head() -> Head {
-    Head::Response(http::Response::builder().status(200).header("content-length", "3").body(()).unwrap().into_parts().0)
+    Head::Response(
+        http::Response::builder()
+            .status(200)
+            .header("content-length", "3")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0,
+    )
 }
 
 /// A compact rendering of the actions: `send:rh`, `timer:req`, `hdr:req`, `data:req:abc`, …
@@ -52,10 +66,20 @@ fn drain(c: &mut Core) -> Vec<String> {
             Action::Send(m) => format!(
                 "send:{}",
                 match m.request {
-                    Some(Req::RequestHeaders(h)) => format!("rh{}", if h.end_of_stream { "!" } else { "" }),
-                    Some(Req::ResponseHeaders(h)) => format!("sh{}", if h.end_of_stream { "!" } else { "" }),
-                    Some(Req::RequestBody(b)) => format!("rb:{}{}", String::from_utf8_lossy(&b.body), if b.end_of_stream { "!" } else { "" }),
-                    Some(Req::ResponseBody(b)) => format!("sb:{}{}", String::from_utf8_lossy(&b.body), if b.end_of_stream { "!" } else { "" }),
+                    Some(Req::RequestHeaders(h)) =>
+                        format!("rh{}", if h.end_of_stream { "!" } else { "" }),
+                    Some(Req::ResponseHeaders(h)) =>
+                        format!("sh{}", if h.end_of_stream { "!" } else { "" }),
+                    Some(Req::RequestBody(b)) => format!(
+                        "rb:{}{}",
+                        String::from_utf8_lossy(&b.body),
+                        if b.end_of_stream { "!" } else { "" }
+                    ),
+                    Some(Req::ResponseBody(b)) => format!(
+                        "sb:{}{}",
+                        String::from_utf8_lossy(&b.body),
+                        if b.end_of_stream { "!" } else { "" }
+                    ),
                     Some(Req::RequestTrailers(_)) => "rt".into(),
                     Some(Req::ResponseTrailers(_)) => "st".into(),
                     None => "?".into(),
@@ -84,7 +108,10 @@ fn dn(d: Dir) -> &'static str {
 }
 
 fn resp(r: Resp) -> pb::ProcessingResponse {
-    pb::ProcessingResponse { response: Some(r), ..Default::default() }
+    pb::ProcessingResponse {
+        response: Some(r),
+        ..Default::default()
+    }
 }
 
 fn rh() -> pb::ProcessingResponse {
@@ -97,10 +124,14 @@ fn sh() -> pb::ProcessingResponse {
 
 fn body_reply(d: Dir, body: Option<&str>) -> pb::ProcessingResponse {
     let common = pb::CommonResponse {
-        body_mutation: body.map(|b| pb::BodyMutation { mutation: Some(BodyMut::Body(b.as_bytes().to_vec())) }),
+        body_mutation: body.map(|b| pb::BodyMutation {
+            mutation: Some(BodyMut::Body(b.as_bytes().to_vec())),
+        }),
         ..Default::default()
     };
-    let b = pb::BodyResponse { response: Some(common) };
+    let b = pb::BodyResponse {
+        response: Some(common),
+    };
     resp(match d {
         Dir::Request => Resp::RequestBody(b),
         Dir::Response => Resp::ResponseBody(b),
@@ -110,11 +141,17 @@ fn body_reply(d: Dir, body: Option<&str>) -> pb::ProcessingResponse {
 fn streamed(d: Dir, body: &str, eos: bool) -> pb::ProcessingResponse {
     let common = pb::CommonResponse {
         body_mutation: Some(pb::BodyMutation {
-            mutation: Some(BodyMut::StreamedResponse(pb::StreamedBodyResponse { body: body.as_bytes().to_vec(), end_of_stream: eos, ..Default::default() })),
+            mutation: Some(BodyMut::StreamedResponse(pb::StreamedBodyResponse {
+                body: body.as_bytes().to_vec(),
+                end_of_stream: eos,
+                ..Default::default()
+            })),
         }),
         ..Default::default()
     };
-    let b = pb::BodyResponse { response: Some(common) };
+    let b = pb::BodyResponse {
+        response: Some(common),
+    };
     resp(match d {
         Dir::Request => Resp::RequestBody(b),
         Dir::Response => Resp::ResponseBody(b),
@@ -132,7 +169,8 @@ fn default_headers_only() {
     assert_eq!(drain(&mut t.core), ["send:sh", "timer:resp"]);
     t.core.on_response(sh());
     assert_eq!(drain(&mut t.core), ["stop:resp", "hdr:resp", "close"]);
-    t.core.on_data(Dir::Response, Bytes::from_static(b"abc"), true);
+    t.core
+        .on_data(Dir::Response, Bytes::from_static(b"abc"), true);
     assert_eq!(drain(&mut t.core), ["data:resp:abc", "end:resp"]);
     assert_eq!(t.stats.stream_msgs_sent.value(), 2);
     assert_eq!(t.stats.stream_msgs_received.value(), 2);
@@ -147,8 +185,12 @@ fn closes_after_request_headers_when_response_skipped() {
     let mut t = t(m, |_| {});
     t.core.on_headers(Dir::Request, req_head(Some(3)), false);
     t.core.on_response(rh());
-    assert_eq!(drain(&mut t.core), ["send:rh", "timer:req", "stop:req", "hdr:req", "close"]);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"abc"), true);
+    assert_eq!(
+        drain(&mut t.core),
+        ["send:rh", "timer:req", "stop:req", "hdr:req", "close"]
+    );
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"abc"), true);
     assert_eq!(drain(&mut t.core), ["data:req:abc", "end:req"]);
 }
 
@@ -156,13 +198,21 @@ fn closes_after_request_headers_when_response_skipped() {
 fn body_arriving_before_headers_reply_is_held() {
     let mut t = t(mode(BodyMode::Buffered, BodyMode::None), |_| {});
     t.core.on_headers(Dir::Request, req_head(Some(6)), false);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"abc"), false);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"def"), true);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"abc"), false);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"def"), true);
     assert_eq!(drain(&mut t.core), ["send:rh", "timer:req"]);
     t.core.on_response(rh());
-    assert_eq!(drain(&mut t.core), ["stop:req", "send:rb:abcdef!", "timer:req"]);
+    assert_eq!(
+        drain(&mut t.core),
+        ["stop:req", "send:rb:abcdef!", "timer:req"]
+    );
     t.core.on_response(body_reply(Dir::Request, None));
-    assert_eq!(drain(&mut t.core), ["stop:req", "hdr:req", "data:req:abcdef", "end:req"]);
+    assert_eq!(
+        drain(&mut t.core),
+        ["stop:req", "hdr:req", "data:req:abcdef", "end:req"]
+    );
 }
 
 #[test]
@@ -170,31 +220,50 @@ fn buffered_content_length_mismatch_is_500() {
     let mut t = t(mode(BodyMode::Buffered, BodyMode::None), |_| {});
     t.core.on_headers(Dir::Request, req_head(Some(3)), false);
     t.core.on_response(rh());
-    t.core.on_data(Dir::Request, Bytes::from_static(b"abc"), true);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"abc"), true);
     drain(&mut t.core);
     t.core.on_response(body_reply(Dir::Request, Some("longer")));
     assert_eq!(
         drain(&mut t.core),
-        ["stop:req", "close", "reply:500:mismatch_between_content_length_and_the_length_of_the_mutated_body"]
+        [
+            "stop:req",
+            "close",
+            "reply:500:mismatch_between_content_length_and_the_length_of_the_mutated_body"
+        ]
     );
 }
 
 #[test]
 fn buffered_over_limit_is_413_then_500_on_response() {
-    let mut t = t(mode(BodyMode::Buffered, BodyMode::None), |p| p.buffer_limit = 4);
+    let mut t = t(mode(BodyMode::Buffered, BodyMode::None), |p| {
+        p.buffer_limit = 4
+    });
     t.core.on_headers(Dir::Request, req_head(None), false);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"abcdef"), false);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"abcdef"), false);
     let a = drain(&mut t.core);
-    assert_eq!(a.last().map(String::as_str), Some("reply:413:request_payload_too_large"), "{a:?}");
+    assert_eq!(
+        a.last().map(String::as_str),
+        Some("reply:413:request_payload_too_large"),
+        "{a:?}"
+    );
 
-    let mut t2 = self::t(mode(BodyMode::None, BodyMode::Buffered), |p| p.buffer_limit = 4);
+    let mut t2 = self::t(mode(BodyMode::None, BodyMode::Buffered), |p| {
+        p.buffer_limit = 4
+    });
     t2.core.on_headers(Dir::Request, req_head(None), true);
     t2.core.on_response(rh());
     t2.core.on_headers(Dir::Response, resp_head(), false);
     t2.core.on_response(sh());
-    t2.core.on_data(Dir::Response, Bytes::from_static(b"abcdef"), false);
+    t2.core
+        .on_data(Dir::Response, Bytes::from_static(b"abcdef"), false);
     let a = drain(&mut t2.core);
-    assert_eq!(a.last().map(String::as_str), Some("reply:500:response_payload_too_large"), "{a:?}");
+    assert_eq!(
+        a.last().map(String::as_str),
+        Some("reply:500:response_payload_too_large"),
+        "{a:?}"
+    );
 }
 
 #[test]
@@ -203,30 +272,69 @@ fn streamed_fifo_with_trailing_empty_eos() {
     t.core.on_headers(Dir::Request, req_head(Some(6)), false);
     t.core.on_response(rh());
     drain(&mut t.core);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"aaa"), false);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"bbb"), false);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"aaa"), false);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"bbb"), false);
     t.core.on_data(Dir::Request, Bytes::new(), true);
-    assert_eq!(drain(&mut t.core), ["send:rb:aaa", "timer:req", "send:rb:bbb", "timer:req", "send:rb:!", "timer:req"]);
+    assert_eq!(
+        drain(&mut t.core),
+        [
+            "send:rb:aaa",
+            "timer:req",
+            "send:rb:bbb",
+            "timer:req",
+            "send:rb:!",
+            "timer:req"
+        ]
+    );
     t.core.on_response(body_reply(Dir::Request, Some("AAA")));
     t.core.on_response(body_reply(Dir::Request, None));
     t.core.on_response(body_reply(Dir::Request, None));
-    assert_eq!(drain(&mut t.core), ["data:req:AAA", "timer:req", "data:req:bbb", "timer:req", "stop:req", "end:req"]);
+    assert_eq!(
+        drain(&mut t.core),
+        [
+            "data:req:AAA",
+            "timer:req",
+            "data:req:bbb",
+            "timer:req",
+            "stop:req",
+            "end:req"
+        ]
+    );
 }
 
 #[test]
 fn streamed_strips_content_length_after_sending() {
     let mut t = t(mode(BodyMode::Streamed, BodyMode::None), |_| {});
     t.core.on_headers(Dir::Request, req_head(Some(6)), false);
-    let Some(Action::Send(m)) = t.core.poll_action() else { panic!() };
-    let Some(Req::RequestHeaders(h)) = m.request else { panic!() };
-    assert!(h.headers.unwrap().headers.iter().any(|h| h.key == "content-length"), "the processor sees it");
-    assert!(m.protocol_config.is_some(), "protocol_config on the first message");
+    let Some(Action::Send(m)) = t.core.poll_action() else {
+        panic!()
+    };
+    let Some(Req::RequestHeaders(h)) = m.request else {
+        panic!()
+    };
+    assert!(
+        h.headers
+            .unwrap()
+            .headers
+            .iter()
+            .any(|h| h.key == "content-length"),
+        "the processor sees it"
+    );
+    assert!(
+        m.protocol_config.is_some(),
+        "protocol_config on the first message"
+    );
     t.core.on_response(rh());
     let head = std::iter::from_fn(|| t.core.poll_action()).find_map(|a| match a {
         Action::Headers(_, h, _) => Some(h),
         _ => None,
     });
-    assert!(head.unwrap().content_length().is_none(), "forwarded without content-length");
+    assert!(
+        head.unwrap().content_length().is_none(),
+        "forwarded without content-length"
+    );
 }
 
 #[test]
@@ -240,7 +348,11 @@ fn immediate_response_on_request_headers() {
         body: b"no".to_vec(),
         headers: Some(pb::HeaderMutation {
             set_headers: vec![HeaderValueOption {
-                header: Some(HeaderValue { key: "x-envoy-a".into(), value: String::new(), raw_value: b"1".to_vec() }),
+                header: Some(HeaderValue {
+                    key: "x-envoy-a".into(),
+                    value: String::new(),
+                    raw_value: b"1".to_vec(),
+                }),
                 ..Default::default()
             }],
             remove_headers: vec![],
@@ -248,7 +360,10 @@ fn immediate_response_on_request_headers() {
         ..Default::default()
     };
     t.core.on_response(resp(Resp::ImmediateResponse(i)));
-    assert_eq!(drain(&mut t.core), ["close", "stop:req", "reply:200:my_details"]);
+    assert_eq!(
+        drain(&mut t.core),
+        ["close", "stop:req", "reply:200:my_details"]
+    );
     assert_eq!(t.stats.immediate_responses_sent.value(), 1);
     assert_eq!(t.stats.rejected_header_mutations.value(), 1);
     // Late replies are ignored.
@@ -262,24 +377,38 @@ fn spurious_reply_fails_closed_or_open() {
     t.core.on_headers(Dir::Request, req_head(None), true);
     drain(&mut t.core);
     t.core.on_response(sh());
-    assert_eq!(drain(&mut t.core), ["close", "stop:req", "reply:500:spurious_message"]);
+    assert_eq!(
+        drain(&mut t.core),
+        ["close", "stop:req", "reply:500:spurious_message"]
+    );
     assert_eq!(t.stats.spurious_msgs_received.value(), 1);
 
     let mut t = t_open(Mode::default(), true, |_| {});
     t.core.on_headers(Dir::Request, req_head(None), true);
     drain(&mut t.core);
     t.core.on_response(pb::ProcessingResponse::default());
-    assert_eq!(drain(&mut t.core), ["close", "stop:req", "hdr:req", "end:req"]);
+    assert_eq!(
+        drain(&mut t.core),
+        ["close", "stop:req", "hdr:req", "end:req"]
+    );
     assert_eq!(t.stats.failure_mode_allowed.value(), 1);
 }
 
 #[test]
 fn timeout_is_504_regardless_of_status_on_error() {
-    let mut t = t(Mode::default(), |p| p.status_on_error = StatusCode::BAD_GATEWAY);
+    let mut t = t(Mode::default(), |p| {
+        p.status_on_error = StatusCode::BAD_GATEWAY
+    });
     t.core.on_headers(Dir::Request, req_head(None), true);
     drain(&mut t.core);
     t.core.on_timeout(Dir::Request);
-    assert_eq!(drain(&mut t.core), ["close", "reply:504:ext_proc_error_per-message_timeout_exceeded"]);
+    assert_eq!(
+        drain(&mut t.core),
+        [
+            "close",
+            "reply:504:ext_proc_error_per-message_timeout_exceeded"
+        ]
+    );
     assert_eq!(t.stats.message_timeouts.value(), 1);
     // A reply after the timeout is ignored.
     t.core.on_response(rh());
@@ -288,11 +417,16 @@ fn timeout_is_504_regardless_of_status_on_error() {
 
 #[test]
 fn grpc_error_uses_status_on_error_and_fail_open_continues() {
-    let mut t = t(Mode::default(), |p| p.status_on_error = StatusCode::SERVICE_UNAVAILABLE);
+    let mut t = t(Mode::default(), |p| {
+        p.status_on_error = StatusCode::SERVICE_UNAVAILABLE
+    });
     t.core.on_headers(Dir::Request, req_head(None), true);
     drain(&mut t.core);
     t.core.on_stream_error(13, "boom");
-    assert_eq!(drain(&mut t.core), ["stop:req", "reply:503:ext_proc_error_gRPC_error_13{boom}"]);
+    assert_eq!(
+        drain(&mut t.core),
+        ["stop:req", "reply:503:ext_proc_error_gRPC_error_13{boom}"]
+    );
     let mut t = t_open(Mode::default(), true, |_| {});
     t.core.on_headers(Dir::Request, req_head(None), true);
     drain(&mut t.core);
@@ -308,7 +442,10 @@ fn missing_cluster_fails_before_any_message() {
     t.core.set_channel_unavailable();
     t.core.on_headers(Dir::Request, req_head(None), true);
     let a = drain(&mut t.core);
-    assert_eq!(a, ["reply:500:ext_proc_error_gRPC_error_14{Cluster_not_available}"]);
+    assert_eq!(
+        a,
+        ["reply:500:ext_proc_error_gRPC_error_14{Cluster_not_available}"]
+    );
     assert_eq!(t.stats.streams_started.value(), 0);
     assert_eq!(t.stats.stream_msgs_sent.value(), 0);
 }
@@ -319,29 +456,53 @@ fn full_duplex_many_replies_and_trailers() {
     m.request.send_trailers = true;
     let mut t = t(m, |_| {});
     t.core.on_headers(Dir::Request, req_head(Some(3)), false);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"abc"), false);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"abc"), false);
     t.core.on_trailers(Dir::Request, HeaderMap::new());
-    assert_eq!(drain(&mut t.core), ["send:rh", "timer:req", "send:rb:abc", "send:rt"]);
+    assert_eq!(
+        drain(&mut t.core),
+        ["send:rh", "timer:req", "send:rb:abc", "send:rt"]
+    );
     // Out of order: a body reply before the headers reply.
     t.core.on_response(streamed(Dir::Request, "x", false));
-    assert_eq!(drain(&mut t.core), ["close", "stop:req", "reply:500:spurious_message"]);
+    assert_eq!(
+        drain(&mut t.core),
+        ["close", "stop:req", "reply:500:spurious_message"]
+    );
 
     let mut t = t_open(m, true, |_| {});
     t.core.on_headers(Dir::Request, req_head(Some(3)), false);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"abc"), false);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"abc"), false);
     t.core.on_trailers(Dir::Request, HeaderMap::new());
     drain(&mut t.core);
     t.core.on_response(rh());
     t.core.on_response(streamed(Dir::Request, "A", false));
     t.core.on_response(streamed(Dir::Request, "B", false));
     t.core.on_response(streamed(Dir::Request, "C", true));
-    t.core.on_response(resp(Resp::RequestTrailers(pb::TrailersResponse::default())));
-    assert_eq!(drain(&mut t.core), ["stop:req", "hdr:req", "data:req:A", "data:req:B", "data:req:C", "trl:req", "end:req"]);
+    t.core
+        .on_response(resp(Resp::RequestTrailers(pb::TrailersResponse::default())));
+    assert_eq!(
+        drain(&mut t.core),
+        [
+            "stop:req",
+            "hdr:req",
+            "data:req:A",
+            "data:req:B",
+            "data:req:C",
+            "trl:req",
+            "end:req"
+        ]
+    );
     // Fail-open is not possible after a body chunk.
     t.core.on_headers(Dir::Response, resp_head(), false);
     t.core.on_stream_error(13, "x");
     let a = drain(&mut t.core);
-    assert_eq!(a.last().map(String::as_str), Some("reply:500:ext_proc_error_gRPC_error_13{x}"), "{a:?}");
+    assert_eq!(
+        a.last().map(String::as_str),
+        Some("reply:500:ext_proc_error_gRPC_error_13{x}"),
+        "{a:?}"
+    );
 }
 
 #[test]
@@ -351,22 +512,36 @@ fn continue_and_replace_with_body() {
     drain(&mut t.core);
     let common = pb::CommonResponse {
         status: pb::common_response::ResponseStatus::ContinueAndReplace as i32,
-        body_mutation: Some(pb::BodyMutation { mutation: Some(BodyMut::Body(b"new".to_vec())) }),
+        body_mutation: Some(pb::BodyMutation {
+            mutation: Some(BodyMut::Body(b"new".to_vec())),
+        }),
         ..Default::default()
     };
-    t.core.on_response(resp(Resp::RequestHeaders(pb::HeadersResponse { response: Some(common) })));
-    assert_eq!(drain(&mut t.core), ["stop:req", "hdr:req", "data:req:new", "end:req"]);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"old"), true);
+    t.core
+        .on_response(resp(Resp::RequestHeaders(pb::HeadersResponse {
+            response: Some(common),
+        })));
+    assert_eq!(
+        drain(&mut t.core),
+        ["stop:req", "hdr:req", "data:req:new", "end:req"]
+    );
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"old"), true);
     assert!(drain(&mut t.core).is_empty());
 }
 
 #[test]
 fn override_message_timeout() {
-    let mut t = t(Mode::default(), |p| p.max_message_timeout = Duration::from_secs(10));
+    let mut t = t(Mode::default(), |p| {
+        p.max_message_timeout = Duration::from_secs(10)
+    });
     t.core.on_headers(Dir::Request, req_head(None), true);
     drain(&mut t.core);
     let o = |s| pb::ProcessingResponse {
-        override_message_timeout: Some(envoy_types::pb::google::protobuf::Duration { seconds: s, nanos: 0 }),
+        override_message_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: s,
+            nanos: 0,
+        }),
         ..Default::default()
     };
     t.core.on_response(o(5));
@@ -382,14 +557,23 @@ fn mode_override_on_headers_reply() {
     let mut t = t(Mode::default(), |p| p.allow_mode_override = true);
     t.core.on_headers(Dir::Request, req_head(Some(3)), false);
     let mut r = rh();
-    r.mode_override = Some(PbMode { request_body_mode: 2, response_header_mode: 2, ..Default::default() });
+    r.mode_override = Some(PbMode {
+        request_body_mode: 2,
+        response_header_mode: 2,
+        ..Default::default()
+    });
     t.core.on_response(r);
-    t.core.on_data(Dir::Request, Bytes::from_static(b"abc"), true);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"abc"), true);
     let a = drain(&mut t.core);
     assert!(a.contains(&"send:rb:abc!".to_string()), "{a:?}");
     t.core.on_response(body_reply(Dir::Request, None));
     let a = drain(&mut t.core);
-    assert_eq!(a.last().map(String::as_str), Some("close"), "nothing left to send: {a:?}");
+    assert_eq!(
+        a.last().map(String::as_str),
+        Some("close"),
+        "nothing left to send: {a:?}"
+    );
     t.core.on_headers(Dir::Response, resp_head(), true);
     assert_eq!(drain(&mut t.core), ["hdr:resp", "end:resp"]);
 }
@@ -401,12 +585,27 @@ fn trailers_held_while_streamed_reply_pending() {
     let mut t = t(m, |_| {});
     t.core.on_headers(Dir::Request, req_head(None), false);
     t.core.on_response(rh());
-    t.core.on_data(Dir::Request, Bytes::from_static(b"a"), false);
+    t.core
+        .on_data(Dir::Request, Bytes::from_static(b"a"), false);
     t.core.on_trailers(Dir::Request, HeaderMap::new());
-    assert_eq!(drain(&mut t.core), ["send:rh", "timer:req", "stop:req", "hdr:req", "send:rb:a", "timer:req"]);
+    assert_eq!(
+        drain(&mut t.core),
+        [
+            "send:rh",
+            "timer:req",
+            "stop:req",
+            "hdr:req",
+            "send:rb:a",
+            "timer:req"
+        ]
+    );
     t.core.on_response(body_reply(Dir::Request, None));
-    assert_eq!(drain(&mut t.core), ["data:req:a", "stop:req", "send:rt", "timer:req"]);
-    t.core.on_response(resp(Resp::RequestTrailers(pb::TrailersResponse::default())));
+    assert_eq!(
+        drain(&mut t.core),
+        ["data:req:a", "stop:req", "send:rt", "timer:req"]
+    );
+    t.core
+        .on_response(resp(Resp::RequestTrailers(pb::TrailersResponse::default())));
     assert_eq!(drain(&mut t.core), ["stop:req", "trl:req", "end:req"]);
 }
 
@@ -416,7 +615,12 @@ fn metadata_only_message_is_spurious_and_receiving_filters() {
     t.core.on_headers(Dir::Request, req_head(None), true);
     drain(&mut t.core);
     let md = Struct {
-        fields: [("ns".to_string(), Default::default()), ("other".to_string(), Default::default())].into_iter().collect(),
+        fields: [
+            ("ns".to_string(), Default::default()),
+            ("other".to_string(), Default::default()),
+        ]
+        .into_iter()
+        .collect(),
     };
     let mut r = rh();
     r.dynamic_metadata = Some(md.clone());
@@ -431,32 +635,69 @@ fn metadata_only_message_is_spurious_and_receiving_filters() {
     let mut t = self::t(Mode::default(), |_| {});
     t.core.on_headers(Dir::Request, req_head(None), true);
     drain(&mut t.core);
-    t.core.on_response(pb::ProcessingResponse { dynamic_metadata: Some(md), ..Default::default() });
-    assert_eq!(drain(&mut t.core).last().map(String::as_str), Some("reply:500:unhandled_message"));
+    t.core.on_response(pb::ProcessingResponse {
+        dynamic_metadata: Some(md),
+        ..Default::default()
+    });
+    assert_eq!(
+        drain(&mut t.core).last().map(String::as_str),
+        Some("reply:500:unhandled_message")
+    );
 }
 
 #[test]
 fn streamed_immediate_response_is_collected_into_one_local_reply() {
     use pb::streamed_immediate_response::Response as Sir;
-    let sir = |x: Sir| resp(Resp::StreamedImmediateResponse(pb::StreamedImmediateResponse { response: Some(x) }));
+    let sir = |x: Sir| {
+        resp(Resp::StreamedImmediateResponse(
+            pb::StreamedImmediateResponse { response: Some(x) },
+        ))
+    };
     let status = core::HeaderMap {
-        headers: vec![core::HeaderValue { key: ":status".into(), value: String::new(), raw_value: b"203".to_vec() }],
+        headers: vec![core::HeaderValue {
+            key: ":status".into(),
+            value: String::new(),
+            raw_value: b"203".to_vec(),
+        }],
     };
     // Not allowed with a BUFFERED request body.
     let mut t = t(mode(BodyMode::Buffered, BodyMode::None), |_| {});
     t.core.on_headers(Dir::Request, req_head(Some(1)), false);
     drain(&mut t.core);
-    t.core.on_response(sir(Sir::HeadersResponse(pb::HttpHeaders { headers: Some(status.clone()), ..Default::default() })));
-    assert_eq!(drain(&mut t.core).last().map(String::as_str), Some("reply:500:unhandled_message"));
+    t.core
+        .on_response(sir(Sir::HeadersResponse(pb::HttpHeaders {
+            headers: Some(status.clone()),
+            ..Default::default()
+        })));
+    assert_eq!(
+        drain(&mut t.core).last().map(String::as_str),
+        Some("reply:500:unhandled_message")
+    );
 
     let mut t = self::t(Mode::default(), |_| {});
     t.core.on_headers(Dir::Request, req_head(None), true);
     drain(&mut t.core);
-    t.core.on_response(sir(Sir::HeadersResponse(pb::HttpHeaders { headers: Some(status), ..Default::default() })));
-    t.core.on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b"ab".to_vec(), ..Default::default() })));
+    t.core
+        .on_response(sir(Sir::HeadersResponse(pb::HttpHeaders {
+            headers: Some(status),
+            ..Default::default()
+        })));
+    t.core
+        .on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse {
+            body: b"ab".to_vec(),
+            ..Default::default()
+        })));
     assert_eq!(drain(&mut t.core), ["stop:req"]);
-    t.core.on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b"c".to_vec(), end_of_stream: true, ..Default::default() })));
-    assert_eq!(drain(&mut t.core), ["close", "reply:203:ext_proc_local_response"]);
+    t.core
+        .on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse {
+            body: b"c".to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })));
+    assert_eq!(
+        drain(&mut t.core),
+        ["close", "reply:203:ext_proc_local_response"]
+    );
     assert_eq!(t.stats.immediate_responses_sent.value(), 0);
     assert_eq!(t.stats.stream_msgs_received.value(), 3);
 }

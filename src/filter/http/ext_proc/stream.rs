@@ -40,7 +40,10 @@ impl http_body::Body for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.rx.poll_recv(cx)
     }
 }
@@ -94,7 +97,12 @@ pub struct Driver {
 
 impl Driver {
     /// Starts the driver task.
-    pub fn spawn(core: Core, target: SideStreamTarget, abort: StreamAbort, deferred_close: Option<Duration>) -> Driver {
+    pub fn spawn(
+        core: Core,
+        target: SideStreamTarget,
+        abort: StreamAbort,
+        deferred_close: Option<Duration>,
+    ) -> Driver {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Task::new(core, target, abort, rx, deferred_close);
         tokio::spawn(task.run());
@@ -103,7 +111,12 @@ impl Driver {
 
     /// Hands a head to the driver and waits for its outcome. If the driver is gone before it
     /// took the message, the message comes back; `Err(None)` if it was lost.
-    pub async fn process(&self, dir: Dir, msg: Message, reply: oneshot::Receiver<Outcome<Head>>) -> Result<Outcome<Head>, Option<Message>> {
+    pub async fn process(
+        &self,
+        dir: Dir,
+        msg: Message,
+        reply: oneshot::Receiver<Outcome<Head>>,
+    ) -> Result<Outcome<Head>, Option<Message>> {
         if let Err(e) = self.tx.send((dir, msg)) {
             return Err(Some(e.0 .1));
         }
@@ -111,7 +124,16 @@ impl Driver {
     }
 }
 
-type OpenFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<tonic::Streaming<ProcessingResponse>>, tonic::Status>> + Send>>;
+type OpenFuture = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    tonic::Response<tonic::Streaming<ProcessingResponse>>,
+                    tonic::Status,
+                >,
+            > + Send,
+    >,
+>;
 
 struct Side {
     tx: Option<mpsc::Sender<ProcessingRequest>>,
@@ -206,7 +228,10 @@ impl Task {
 
     async fn run(mut self) {
         while !self.finished() {
-            let paused = [self.core.data_paused(Dir::Request), self.core.data_paused(Dir::Response)];
+            let paused = [
+                self.core.data_paused(Dir::Request),
+                self.core.data_paused(Dir::Response),
+            ];
             let [req, resp] = &mut self.io;
             let (req_deadline, resp_deadline) = (req.deadline, resp.deadline);
             tokio::select! {
@@ -242,7 +267,9 @@ impl Task {
                     s.rx = Some(resp.into_inner());
                 }
             }
-            SideEvent::Opened(Err(status)) | SideEvent::Message(Err(status)) => self.side_failed(status),
+            SideEvent::Opened(Err(status)) | SideEvent::Message(Err(status)) => {
+                self.side_failed(status)
+            }
             SideEvent::Message(Ok(Some(m))) => self.core.on_response(m),
             SideEvent::Message(Ok(None)) => {
                 if let Some(s) = self.side.as_mut() {
@@ -255,11 +282,19 @@ impl Task {
 
     fn side_failed(&mut self, status: tonic::Status) {
         self.side = None;
-        self.core.on_stream_error(status.code() as i32, status.message());
+        self.core
+            .on_stream_error(status.code() as i32, status.message());
     }
 
     fn on_message(&mut self, d: Dir, msg: Message) {
-        let Message { head, body, eos, metadata_context, attributes, reply } = msg;
+        let Message {
+            head,
+            body,
+            eos,
+            metadata_context,
+            attributes,
+            reply,
+        } = msg;
         self.core.metadata_context = metadata_context;
         if let Some(a) = attributes {
             self.core.set_attributes(d, a);
@@ -341,17 +376,29 @@ impl Task {
 
     async fn send(&mut self, msg: ProcessingRequest) {
         if self.side.is_none() {
-            let Some(channel) = self.target.channel.clone() else { return };
+            let Some(channel) = self.target.channel.clone() else {
+                return;
+            };
             let (tx, rx) = mpsc::channel(SIDE_STREAM_QUEUE);
-            let req = crate::filter::common::side_stream::request(ReceiverStream::new(rx), &self.target.service, self.target.local);
+            let req = crate::filter::common::side_stream::request(
+                ReceiverStream::new(rx),
+                &self.target.service,
+                self.target.local,
+            );
             let mut client = ExternalProcessorClient::new(channel);
             if let Some(max) = self.target.max_receive {
                 client = client.max_decoding_message_size(max);
             }
             let open: OpenFuture = Box::pin(async move { client.process(req).await });
-            self.side = Some(Side { tx: Some(tx), open: Some(open), rx: None });
+            self.side = Some(Side {
+                tx: Some(tx),
+                open: Some(open),
+                rx: None,
+            });
         }
-        let Some(tx) = self.side.as_ref().and_then(|s| s.tx.clone()) else { return };
+        let Some(tx) = self.side.as_ref().and_then(|s| s.tx.clone()) else {
+            return;
+        };
         if tx.capacity() == 0 {
             // Back-pressure: wait for room, but keep the side stream's call progressing.
             let mut send = Box::pin(tx.send(msg));
@@ -371,7 +418,9 @@ impl Task {
             crate::filter::http::empty_body()
         } else if io.src.is_some() && self.core.body_bypass(d) {
             // Nothing processes the body: hand it on untouched, no hop through this task.
-            io.src.take().unwrap_or_else(crate::filter::http::empty_body)
+            io.src
+                .take()
+                .unwrap_or_else(crate::filter::http::empty_body)
         } else {
             let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
             io.out = Some(tx);
@@ -404,12 +453,22 @@ impl Task {
 
     fn local_reply(&mut self, r: LocalReply) {
         self.local_replied = true;
-        let outcome = |r| Outcome { result: Err(r), metadata: Vec::new(), clear_route_cache: false };
+        let outcome = |r| Outcome {
+            result: Err(r),
+            metadata: Vec::new(),
+            clear_route_cache: false,
+        };
         let [req, resp] = &mut self.io;
         if let Some(tx) = req.reply.take() {
-            let _ = tx.send(Outcome { metadata: std::mem::take(&mut self.metadata), ..outcome(r) });
+            let _ = tx.send(Outcome {
+                metadata: std::mem::take(&mut self.metadata),
+                ..outcome(r)
+            });
         } else if let Some(tx) = resp.reply.take() {
-            let _ = tx.send(Outcome { metadata: std::mem::take(&mut self.metadata), ..outcome(r) });
+            let _ = tx.send(Outcome {
+                metadata: std::mem::take(&mut self.metadata),
+                ..outcome(r)
+            });
         } else {
             self.abort.abort(Abort::LocalReply(r));
         }
