@@ -49,12 +49,12 @@ struct Run {
 type Script = fn(Run) -> BoxFuture<'static, Obs>;
 
 /// Runs `script` through `which`, with one ext_proc filter (`extra` config) in front of tcp_proxy.
-async fn run(which: Impl, extra: &str, listener_extra: &str, handler: Handler, upstream_up: bool, script: Script) -> Obs {
+async fn run(which: Impl, extra: &str, listener_extra: &str, tcp_extra: &str, handler: Handler, upstream_up: bool, script: Script) -> Obs {
     let up = Upstream::bind().await;
     let h = handler.clone();
     let processor = Arc::new(RawProcessor::start(move |r, s| h(r, s)).await);
     let up_port = if upstream_up { up.port() } else { closed_port() };
-    let yaml = bootstrap(&[ext_proc("ep", extra)], up_port, processor.port(), listener_extra, "");
+    let yaml = bootstrap(&[ext_proc("ep", extra)], up_port, processor.port(), listener_extra, tcp_extra);
     let proxy = match which {
         Impl::Envoy => ProxyProcess::envoy(&yaml).await,
         Impl::Extproxy => ProxyProcess::start(env!("CARGO_BIN_EXE_extproxy").as_ref(), &yaml, &[]).await,
@@ -97,9 +97,94 @@ async fn both(extra: &str, handler: Handler, upstream_up: bool, script: Script) 
 
 /// [`both`] with extra listener fields (indented by 4).
 async fn both_with(listener_extra: &str, extra: &str, handler: Handler, upstream_up: bool, script: Script) -> (Obs, Obs) {
-    let envoy = run(Impl::Envoy, extra, listener_extra, handler.clone(), upstream_up, script).await;
-    let ours = run(Impl::Extproxy, extra, listener_extra, handler, upstream_up, script).await;
+    let envoy = run(Impl::Envoy, extra, listener_extra, "", handler.clone(), upstream_up, script).await;
+    let ours = run(Impl::Extproxy, extra, listener_extra, "", handler, upstream_up, script).await;
     (envoy, ours)
+}
+
+/// Runs `script` through both with a tcp_proxy file access log in `format`; returns each
+/// proxy's log text.
+async fn logged(extra: &str, format: &str, handler: Handler, upstream_up: bool, script: Script) -> (String, String) {
+    let dir = testenv::TempDir::new("l4-diff-log").expect("tempdir");
+    let mut out = Vec::new();
+    for which in [Impl::Envoy, Impl::Extproxy] {
+        let path = dir.join(&format!("{which:?}.log"));
+        let tcp = format!(
+            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: \"{format}\\n\"}}}}\n",
+            path.display()
+        );
+        run(which, extra, "", &tcp, handler.clone(), upstream_up, script).await;
+        // Envoy writes its access log from a flush thread.
+        let deadline = std::time::Instant::now() + WAIT;
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.ends_with('\n') || std::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        out.push(text);
+    }
+    let ours = out.pop().unwrap_or_default();
+    let envoy = out.pop().unwrap_or_default();
+    (envoy, ours)
+}
+
+const LOG_FORMAT: &str = "flags=%RESPONSE_FLAGS% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% dr=%DOWNSTREAM_LOCAL_CLOSE_REASON% dt=%DOWNSTREAM_DETECTED_CLOSE_TYPE% md=%DYNAMIC_METADATA(epns)%";
+
+/// The access log shows the same close reasons, close types, byte counts and metadata.
+#[tokio::test]
+async fn access_log_matches() {
+    // E: message timeout.
+    let script: Script = |mut r| {
+        Box::pin(async move {
+            write(&mut r.client, b"hello").await;
+            drain(r).await
+        })
+    };
+    let (envoy, ours) = logged("message_timeout: 0.3s", LOG_FORMAT, handler(|_, _| {}), true, script).await;
+    assert_eq!(envoy, "flags=- rx=5 tx=0 dr=ext_proc_message_timeout dt=Normal md=-\n");
+    assert_eq!(envoy, ours);
+
+    // K2: CLOSE_RST, with metadata in an earlier response (scenario M's namespace).
+    let h = handler(|q, r| {
+        if req_data(q).1 == b"bye" {
+            r.send(ProcessingResponse { connection_status: ConnectionStatus::CloseRst as i32, ..read_resp(b"", false) });
+        } else {
+            let mut resp = echo(q);
+            resp.dynamic_metadata = Some(envoy_types::pb::google::protobuf::Struct {
+                fields: [(
+                    "epns".to_string(),
+                    envoy_types::pb::google::protobuf::Value {
+                        kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(envoy_types::pb::google::protobuf::Struct {
+                            fields: [
+                                ("k".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("v1".into())) }),
+                                ("n".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::NumberValue(3.0)) }),
+                            ]
+                            .into_iter()
+                            .collect(),
+                        })),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            });
+            r.send(resp);
+        }
+    });
+    let script: Script = |mut r| {
+        Box::pin(async move {
+            write(&mut r.client, b"hi").await;
+            let u = r.upstream.as_mut().expect("upstream");
+            assert_eq!(read_exact(u, 2).await, b"hi");
+            write(&mut r.client, b"bye").await;
+            drain(r).await
+        })
+    };
+    let extra = "message_timeout: 1s\nmetadata_options: {receiving_namespaces: {untyped: [epns]}}";
+    let (envoy, ours) = logged(extra, LOG_FORMAT, h, true, script).await;
+    assert_eq!(envoy, "flags=- rx=5 tx=0 dr=ext_proc_reset_requested dt=LocalReset md={\"k\":\"v1\",\"n\":3}\n");
+    assert_eq!(envoy, ours);
 }
 
 fn handler(f: impl Fn(&ProcessingRequest, &Responder) + Send + Sync + 'static) -> Handler {

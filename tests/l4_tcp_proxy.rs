@@ -183,8 +183,57 @@ async fn config_errors_name_the_field() {
     assert!(e.to_string().contains("TcpProxyValidationError.StatPrefix: value length must be at least 1 characters"), "{e}");
     let e = err(yaml(1, "", "          bogus_field: 1\n"));
     assert_eq!(e.path, "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.bogus_field", "{e}");
-    let e = err(yaml(1, "", "          access_log: [{name: x}]\n"));
-    assert!(e.path.ends_with("typed_config.access_log"), "{e}");
+    let e = err(yaml(1, "", &access_log("/dev/null", "%REQ(:PATH)%")));
+    assert!(e.path.ends_with("typed_config.access_log[0].typed_config.log_format"), "{e}");
+    assert!(e.message.contains("unsupported command operator %REQ(:PATH)%"), "{e}");
     let e = err(yaml(1, "", "          max_connect_attempts: 0\n"));
     assert!(e.to_string().contains("MaxConnectAttempts"), "{e}");
+}
+
+/// A tcp_proxy `access_log` entry writing `format` to `path`.
+fn access_log(path: &str, format: &str) -> String {
+    format!(
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {path}\n              log_format: {{text_format_source: {{inline_string: \"{format}\\n\"}}}}\n"
+    )
+}
+
+#[tokio::test]
+async fn access_log_records_bytes_flags_and_close_types() {
+    let dir = testenv::TempDir::new("l4-access-log").expect("tempdir");
+    let log = dir.join("access.log");
+    let fmt = "flags=%RESPONSE_FLAGS% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% up=%UPSTREAM_HOST% dr=%DOWNSTREAM_LOCAL_CLOSE_REASON% dt=%DOWNSTREAM_DETECTED_CLOSE_TYPE% fail=%UPSTREAM_TRANSPORT_FAILURE_REASON%";
+    let up = Upstream::bind().await;
+    let proxy = Proxy::start(&yaml(up.port(), "", &access_log(&log.display().to_string(), fmt))).await;
+    let mut c = proxy.connect().await;
+    let mut u = up.accept().await;
+    write(&mut c, b"hello").await;
+    fin(&mut c).await;
+    assert_eq!(read_to_end(&mut u).await.0, b"hello");
+    write(&mut u, b"hi").await;
+    fin(&mut u).await;
+    assert_eq!(read_to_end(&mut c).await, (b"hi".to_vec(), Ending::Fin));
+    proxy.wait_closed(1).await;
+    let c = proxy.connect().await;
+    let u = up.accept().await;
+    reset(c);
+    drop(u);
+    proxy.wait_closed(2).await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("flags=- rx=5 tx=2 up=127.0.0.1:{} dr=- dt=Normal fail=-", up.port()));
+    assert!(lines[1].contains("dt=RemoteReset"), "{text}");
+
+    // A refused upstream: Envoy's flags and failure reason.
+    let refused = closed_port();
+    let log2 = dir.join("refused.log");
+    let proxy = Proxy::start(&yaml(refused, "", &access_log(&log2.display().to_string(), fmt))).await;
+    let mut c = proxy.connect().await;
+    assert_eq!(read_to_end(&mut c).await.0, b"");
+    proxy.wait_counter("cluster.upstream.upstream_cx_connect_attempts_exceeded", 1).await;
+    proxy.wait_closed(1).await;
+    let text = std::fs::read_to_string(&log2).expect("log");
+    assert_eq!(
+        text.trim_end(),
+        "flags=UF,URX rx=0 tx=0 up=- dr=tcp_initializion_failure:0 dt=Normal fail=delayed_connect_error:_Connection_refused"
+    );
 }

@@ -6,6 +6,7 @@
 //! - [`session`]: the per-connection task: one `select!` over both sockets, the side streams
 //!   and the timers, with half-close, backpressure, idle timeout, and the close rules.
 
+pub mod access_log;
 pub mod chain;
 pub mod session;
 
@@ -32,9 +33,9 @@ struct TcpProxyConfig {
     cluster: Option<String>,
     idle_timeout: Option<Duration>,
     max_connect_attempts: Option<u32>,
-    /// Only an empty list is accepted (access logs are not implemented).
+    /// Written once per connection, when it ends.
     #[serde(default)]
-    access_log: Vec<serde_json::Value>,
+    access_log: Vec<access_log::AccessLogConfig>,
 }
 
 macro_rules! tcp_stats {
@@ -93,6 +94,8 @@ pub struct UpstreamStats {
 pub struct Filter {
     /// `tcp.<stat_prefix>.*`.
     pub stats: TcpStats,
+    /// `access_log`.
+    access_logs: Vec<access_log::AccessLog>,
     /// The target cluster; `None` if the config names an unknown cluster (Envoy accepts that
     /// and counts `downstream_cx_no_route` per connection).
     cluster: Option<(Arc<Cluster>, UpstreamStats)>,
@@ -121,12 +124,7 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
     if max_connect_attempts < 1 {
         return Err(violation("max_connect_attempts", "MaxConnectAttempts: value must be greater than or equal to 1"));
     }
-    if !access_log.is_empty() {
-        return Err(ConfigError::new(
-            format!("{path}.access_log"),
-            "access logs on tcp_proxy are not supported by extproxy yet",
-        ));
-    }
+    let access_logs = access_log::AccessLog::build_all(&access_log, &format!("{path}.access_log"))?;
     let idle_timeout = idle_timeout.map_or(Some(DEFAULT_IDLE_TIMEOUT), |d| (!d.get().is_zero()).then_some(d.get()));
     let cluster = ctx.clusters.get(&cluster).map(|c| {
         let s = |n: &str| ctx.stats.counter(&format!("cluster.{}.{n}", c.name));
@@ -139,6 +137,7 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
     });
     Ok(Arc::new(Filter {
         stats: TcpStats::new(ctx.stats, &stat_prefix),
+        access_logs,
         cluster,
         idle_timeout,
         max_connect_attempts,
@@ -154,11 +153,34 @@ pub async fn serve(
     filter: &Arc<Filter>,
 ) {
     filter.stats.downstream_cx_total.inc();
+    let mut record = access_log::ConnectionRecord {
+        start: Some(std::time::Instant::now()),
+        id: conn.id,
+        remote: Some(conn.peer),
+        local: Some(conn.local),
+        downstream_close_type: "Normal",
+        upstream_close_type: "Normal",
+        ..Default::default()
+    };
+    connect_and_run(conn, ext_proc, filter, &mut record).await;
+    for log in &filter.access_logs {
+        log.log(&record);
+    }
+}
+
+async fn connect_and_run(
+    conn: crate::listener::Connection,
+    ext_proc: &[Arc<super::ext_proc::Filter>],
+    filter: &Filter,
+    record: &mut access_log::ConnectionRecord,
+) {
     let Some((cluster, up_stats)) = &filter.cluster else {
         filter.stats.downstream_cx_no_route.inc();
+        record.response_flags.push("NR");
         tracing::debug!(conn = conn.id, "tcp_proxy: cluster not found; closing");
         return;
     };
+    record.cluster = cluster.name.clone();
     // Downstream bytes stay unread until the upstream is connected (Envoy's IMMEDIATE mode), so
     // a failed connect closes a socket with unread data: the client sees RST, as with Envoy.
     let mut attempts = 0;
@@ -170,10 +192,28 @@ pub async fn serve(
                 tracing::debug!(conn = conn.id, attempt = attempts, error = %e, "tcp_proxy: upstream connect failed");
                 if attempts >= filter.max_connect_attempts {
                     up_stats.connect_attempts_exceeded.inc();
+                    record.response_flags.extend(["UF", "URX"]);
+                    record.upstream_failure_reason = connect_failure_reason(&e);
+                    // Envoy's spelling.
+                    record.downstream_close_reason = Some("tcp_initializion_failure:0".into());
                     return;
                 }
             }
         }
     };
-    session::run(conn, upstream, ext_proc, filter, cluster, up_stats).await;
+    record.upstream_host = upstream.peer_addr().ok().map(|a| a.to_string());
+    let end = session::run(conn, upstream, ext_proc, filter, cluster, up_stats).await;
+    end.fill(record);
+}
+
+/// `%UPSTREAM_TRANSPORT_FAILURE_REASON%` as Envoy words it (`delayed_connect_error: Connection refused`).
+fn connect_failure_reason(e: &crate::cluster::ConnectError) -> Option<String> {
+    match e {
+        crate::cluster::ConnectError::Io(io) => {
+            let text = io.to_string();
+            let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+            Some(format!("delayed_connect_error: {text}"))
+        }
+        _ => None,
+    }
 }

@@ -163,11 +163,18 @@ enum End {
     /// Both directions finished, or a flush-close completed: close both sockets normally.
     Normal,
     /// A side failed (RST or write error): reset the other one.
-    PeerReset,
+    PeerReset(Side),
     /// A filter asked for CLOSE_RST: reset downstream, close upstream.
     FilterReset,
     /// Idle timeout.
     Idle,
+}
+
+/// One of the two sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Downstream,
+    Upstream,
 }
 
 /// Flow-control state of one reading side (for the paused/resumed counters).
@@ -192,6 +199,39 @@ impl Flow {
     }
 }
 
+/// What the session reports for the access log.
+#[derive(Debug, Default)]
+pub struct SessionEnd {
+    bytes_received: u64,
+    bytes_sent: u64,
+    downstream_close_reason: Option<String>,
+    upstream_close_reason: Option<String>,
+    downstream_close_type: &'static str,
+    upstream_close_type: &'static str,
+    metadata: crate::filter::common::metadata::DynamicMetadata,
+}
+
+impl SessionEnd {
+    pub(super) fn fill(self, r: &mut super::access_log::ConnectionRecord) {
+        let SessionEnd {
+            bytes_received,
+            bytes_sent,
+            downstream_close_reason,
+            upstream_close_reason,
+            downstream_close_type,
+            upstream_close_type,
+            metadata,
+        } = self;
+        r.bytes_received = bytes_received;
+        r.bytes_sent = bytes_sent;
+        r.downstream_close_reason = downstream_close_reason;
+        r.upstream_close_reason = upstream_close_reason;
+        r.downstream_close_type = downstream_close_type;
+        r.upstream_close_type = upstream_close_type;
+        r.metadata = metadata;
+    }
+}
+
 /// Runs one connection to its end.
 pub(super) async fn run(
     conn: Connection,
@@ -200,7 +240,7 @@ pub(super) async fn run(
     filter: &Filter,
     cluster: &Cluster,
     up_stats: &UpstreamStats,
-) {
+) -> SessionEnd {
     let Connection { stream: down, id, peer, local, buffer_limit, shutdown: _ } = conn;
     // Envoy does not cut tcp_proxy connections when draining; the server's drain timer bounds
     // them, so `shutdown` is not watched here.
@@ -240,6 +280,7 @@ pub(super) async fn run(
     let timer = tokio::time::sleep_until(never);
     tokio::pin!(timer);
     let mut tx_buffered: i64 = 0;
+    let mut report = SessionEnd { downstream_close_type: "Normal", upstream_close_type: "Normal", ..Default::default() };
 
     let end = loop {
         let now = Instant::now();
@@ -252,17 +293,18 @@ pub(super) async fn run(
             }
             Err(e) => {
                 tracing::debug!(conn = id, error = %e, "tcp_proxy: upstream write failed");
-                break End::PeerReset;
+                break End::PeerReset(Side::Upstream);
             }
         }
         match to_down.flush(&down) {
             Ok(n) => {
                 stats.downstream_cx_tx_bytes_total.add(n as u64);
+                report.bytes_sent += n as u64;
                 progressed |= n > 0;
             }
             Err(e) => {
                 tracing::debug!(conn = id, error = %e, "tcp_proxy: downstream write failed");
-                break End::PeerReset;
+                break End::PeerReset(Side::Downstream);
             }
         }
         // The gauge is shared by every connection of this tcp_proxy: move it by deltas.
@@ -333,6 +375,7 @@ pub(super) async fn run(
                 ReadResult::Chunk(chunk) => {
                     let n = chunk.data.len() as u64;
                     stats.downstream_cx_rx_bytes_total.add(n);
+                    report.bytes_received += n;
                     down_eof = chunk.end_of_stream;
                     idle_deadline = filter.idle_timeout.map(|t| now + t);
                     chain.ingress(Direction::Read, chunk, now, &mut fx);
@@ -340,7 +383,7 @@ pub(super) async fn run(
                 ReadResult::Nothing => {}
                 ReadResult::Error(e) => {
                     tracing::debug!(conn = id, error = %e, "tcp_proxy: downstream read failed");
-                    break End::PeerReset;
+                    break End::PeerReset(Side::Downstream);
                 }
             },
             Wake::UpReadable => match read_available(&up, write_room) {
@@ -353,7 +396,7 @@ pub(super) async fn run(
                 ReadResult::Nothing => {}
                 ReadResult::Error(e) => {
                     tracing::debug!(conn = id, error = %e, "tcp_proxy: upstream read failed");
-                    break End::PeerReset;
+                    break End::PeerReset(Side::Upstream);
                 }
             },
             // Writes happen at the top of the loop.
@@ -378,6 +421,8 @@ pub(super) async fn run(
         if let Some((kind, reason)) = fx.close {
             if closing.is_none() {
                 tracing::debug!(conn = id, reason, "tcp_proxy: connection closed by a filter");
+                report.downstream_close_reason = Some(reason.to_string());
+                report.upstream_close_reason = Some(reason.to_string());
                 chain.on_connection_closed();
                 if kind == CloseKind::Reset {
                     break End::FilterReset;
@@ -393,18 +438,33 @@ pub(super) async fn run(
     chain.on_connection_closed();
     stats.downstream_cx_tx_bytes_buffered.add(-tx_buffered);
     match end {
-        End::Normal | End::Idle => {
+        End::Normal => {
             let _ = shutdown_write(&down);
             let _ = shutdown_write(&up);
         }
-        End::PeerReset => {
+        End::Idle => {
+            report.downstream_close_reason = Some("tcp_session_idle_timeout".into());
+            report.upstream_close_reason = Some("tcp_session_idle_timeout".into());
+            let _ = shutdown_write(&down);
+            let _ = shutdown_write(&up);
+        }
+        End::PeerReset(side) => {
             arm_reset(&down);
             arm_reset(&up);
+            let (failed, other) = match side {
+                Side::Downstream => (&mut report.downstream_close_type, &mut report.upstream_close_type),
+                Side::Upstream => (&mut report.upstream_close_type, &mut report.downstream_close_type),
+            };
+            *failed = "RemoteReset";
+            *other = "LocalReset";
         }
         End::FilterReset => {
+            report.downstream_close_type = "LocalReset";
             arm_reset(&down);
             let _ = to_up.flush(&up);
             let _ = shutdown_write(&up);
         }
     }
+    report.metadata = std::mem::take(&mut chain.metadata);
+    report
 }
