@@ -111,8 +111,9 @@ impl Listener {
             addr: addr.to_string(),
             source: e,
         })?;
+        // Envoy names the scope after the configured address (port 0 stays 0), `:` → `_`.
         let scope = if stat_prefix.is_empty() {
-            format!("listener.{}", local_addr.to_string().replace(':', "_").replace(['[', ']'], ""))
+            format!("listener.{}", SocketAddr::new(ip, *port).to_string().replace(':', "_"))
         } else {
             format!("listener.{stat_prefix}")
         };
