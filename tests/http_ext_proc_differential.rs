@@ -99,6 +99,7 @@ struct Upstream {
     path: String,
     headers: BTreeMap<String, String>,
     body: String,
+    trailers: BTreeMap<String, String>,
 }
 
 const VOLATILE: &[&str] = &[
@@ -205,6 +206,7 @@ async fn observe(
             .map(|(k, v)| (k.clone(), v.join(",")))
             .collect(),
         body: String::from_utf8_lossy(&r.body).into_owned(),
+        trailers: r.trailers.iter().map(|(k, v)| (k.clone(), v.join(","))).collect(),
     });
     let processor: Vec<String> = proc.streams(s.name)[streams_before..]
         .iter()
