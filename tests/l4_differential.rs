@@ -8,8 +8,12 @@
 
 mod l4_support;
 
-use envoy_types::pb::envoy::service::network_ext_proc::v3::processing_response::{ConnectionStatus, DataProcessedStatus};
-use envoy_types::pb::envoy::service::network_ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::envoy::service::network_ext_proc::v3::processing_response::{
+    ConnectionStatus, DataProcessedStatus,
+};
+use envoy_types::pb::envoy::service::network_ext_proc::v3::{
+    ProcessingRequest, ProcessingResponse,
+};
 use futures_util::future::BoxFuture;
 use l4_support::*;
 use std::collections::BTreeMap;
@@ -49,32 +53,68 @@ struct Run {
 type Script = fn(Run) -> BoxFuture<'static, Obs>;
 
 /// Runs `script` through `which`, with one ext_proc filter (`extra` config) in front of tcp_proxy.
-async fn run(which: Impl, extra: &str, listener_extra: &str, tcp_extra: &str, handler: Handler, upstream_up: bool, script: Script) -> Obs {
+async fn run(
+    which: Impl,
+    extra: &str,
+    listener_extra: &str,
+    tcp_extra: &str,
+    handler: Handler,
+    upstream_up: bool,
+    script: Script,
+) -> Obs {
     let up = Upstream::bind().await;
     let h = handler.clone();
     let processor = Arc::new(RawProcessor::start(move |r, s| h(r, s)).await);
-    let up_port = if upstream_up { up.port() } else { closed_port() };
-    let yaml = bootstrap(&[ext_proc("ep", extra)], up_port, processor.port(), listener_extra, tcp_extra);
+    let up_port = if upstream_up {
+        up.port()
+    } else {
+        closed_port()
+    };
+    let yaml = bootstrap(
+        &[ext_proc("ep", extra)],
+        up_port,
+        processor.port(),
+        listener_extra,
+        tcp_extra,
+    );
     let proxy = match which {
         Impl::Envoy => ProxyProcess::envoy(&yaml).await,
-        Impl::Extproxy => ProxyProcess::start(env!("CARGO_BIN_EXE_extproxy").as_ref(), &yaml, &[]).await,
+        Impl::Extproxy => {
+            ProxyProcess::start(env!("CARGO_BIN_EXE_extproxy").as_ref(), &yaml, &[]).await
+        }
     }
     .unwrap_or_else(|e| panic!("{which:?} did not start: {e:#}"));
     let addr = proxy.listener_addr("l4").await;
     let client = TcpStream::connect(addr).await.expect("connect");
-    let upstream = if upstream_up { Some(up.accept().await) } else { None };
+    let upstream = if upstream_up {
+        Some(up.accept().await)
+    } else {
+        None
+    };
     // Keep the processor alive for the whole run, whatever the script captures.
     let _processor = processor.clone();
-    let mut obs = script(Run { client, upstream, processor }).await;
+    let mut obs = script(Run {
+        client,
+        upstream,
+        processor,
+    })
+    .await;
     // Envoy scopes listener stats by the configured address (`127.0.0.1_0`), so match by suffix.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let stats = proxy.stats().await;
-        let strings: Vec<(String, String)> = stats.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        let strings: Vec<(String, String)> = stats
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
         if listener_destroyed(strings.iter().map(|(k, v)| (k.as_str(), v.as_str()))) >= 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{which:?}: the connection was not closed; stderr:\n{}", proxy.stderr_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{which:?}: the connection was not closed; stderr:\n{}",
+            proxy.stderr_text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Counters bumped by the close itself (streams_closed) land in the same event; give the
@@ -96,15 +136,45 @@ async fn both(extra: &str, handler: Handler, upstream_up: bool, script: Script) 
 }
 
 /// [`both`] with extra listener fields (indented by 4).
-async fn both_with(listener_extra: &str, extra: &str, handler: Handler, upstream_up: bool, script: Script) -> (Obs, Obs) {
-    let envoy = run(Impl::Envoy, extra, listener_extra, "", handler.clone(), upstream_up, script).await;
-    let ours = run(Impl::Extproxy, extra, listener_extra, "", handler, upstream_up, script).await;
+async fn both_with(
+    listener_extra: &str,
+    extra: &str,
+    handler: Handler,
+    upstream_up: bool,
+    script: Script,
+) -> (Obs, Obs) {
+    let envoy = run(
+        Impl::Envoy,
+        extra,
+        listener_extra,
+        "",
+        handler.clone(),
+        upstream_up,
+        script,
+    )
+    .await;
+    let ours = run(
+        Impl::Extproxy,
+        extra,
+        listener_extra,
+        "",
+        handler,
+        upstream_up,
+        script,
+    )
+    .await;
     (envoy, ours)
 }
 
 /// Runs `script` through both with a tcp_proxy file access log in `format`; returns each
 /// proxy's log text.
-async fn logged(extra: &str, format: &str, handler: Handler, upstream_up: bool, script: Script) -> (String, String) {
+async fn logged(
+    extra: &str,
+    format: &str,
+    handler: Handler,
+    upstream_up: bool,
+    script: Script,
+) -> (String, String) {
     let dir = testenv::TempDir::new("l4-diff-log").expect("tempdir");
     let mut out = Vec::new();
     for which in [Impl::Envoy, Impl::Extproxy] {
@@ -142,14 +212,27 @@ async fn access_log_matches() {
             drain(r).await
         })
     };
-    let (envoy, ours) = logged("message_timeout: 0.3s", LOG_FORMAT, handler(|_, _| {}), true, script).await;
-    assert_eq!(envoy, "flags=- rx=5 tx=0 dr=ext_proc_message_timeout dt=Normal md=-\n");
+    let (envoy, ours) = logged(
+        "message_timeout: 0.3s",
+        LOG_FORMAT,
+        handler(|_, _| {}),
+        true,
+        script,
+    )
+    .await;
+    assert_eq!(
+        envoy,
+        "flags=- rx=5 tx=0 dr=ext_proc_message_timeout dt=Normal md=-\n"
+    );
     assert_eq!(envoy, ours);
 
     // K2: CLOSE_RST, with metadata in an earlier response (scenario M's namespace).
     let h = handler(|q, r| {
         if req_data(q).1 == b"bye" {
-            r.send(ProcessingResponse { connection_status: ConnectionStatus::CloseRst as i32, ..read_resp(b"", false) });
+            r.send(ProcessingResponse {
+                connection_status: ConnectionStatus::CloseRst as i32,
+                ..read_resp(b"", false)
+            });
         } else {
             let mut resp = echo(q);
             resp.dynamic_metadata = Some(envoy_types::pb::google::protobuf::Struct {
@@ -183,7 +266,10 @@ async fn access_log_matches() {
     };
     let extra = "message_timeout: 1s\nmetadata_options: {receiving_namespaces: {untyped: [epns]}}";
     let (envoy, ours) = logged(extra, LOG_FORMAT, h, true, script).await;
-    assert_eq!(envoy, "flags=- rx=5 tx=0 dr=ext_proc_reset_requested dt=LocalReset md={\"k\":\"v1\",\"n\":3}\n");
+    assert_eq!(
+        envoy,
+        "flags=- rx=5 tx=0 dr=ext_proc_reset_requested dt=LocalReset md={\"k\":\"v1\",\"n\":3}\n"
+    );
     assert_eq!(envoy, ours);
 }
 
@@ -228,7 +314,12 @@ async fn finish(mut r: Run) -> Obs {
     let up = read_to_end(u).await;
     fin(u).await;
     let client = read_to_end(&mut r.client).await;
-    Obs { client, upstream: Some(up), counters: BTreeMap::new(), notes: vec![] }
+    Obs {
+        client,
+        upstream: Some(up),
+        counters: BTreeMap::new(),
+        notes: vec![],
+    }
 }
 
 /// Client and upstream both read to the end (the proxy closes).
@@ -238,7 +329,12 @@ async fn drain(mut r: Run) -> Obs {
         Some(u) => Some(read_to_end(u).await),
         None => None,
     };
-    Obs { client, upstream, counters: BTreeMap::new(), notes: vec![] }
+    Obs {
+        client,
+        upstream,
+        counters: BTreeMap::new(),
+        notes: vec![],
+    }
 }
 
 // === scenarios ===
@@ -248,7 +344,11 @@ async fn scenario_1_upper_casing_round_trip() {
     let script: Script = |mut r| {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            assert_eq!(r.processor.seen().streams, 0, "no stream before the first byte");
+            assert_eq!(
+                r.processor.seen().streams,
+                0,
+                "no stream before the first byte"
+            );
             write(&mut r.client, b"hello").await;
             let u = r.upstream.as_mut().expect("upstream");
             assert_eq!(read_exact(u, 5).await, b"HELLO");
@@ -258,11 +358,25 @@ async fn scenario_1_upper_casing_round_trip() {
             let up = read_to_end(u).await;
             fin(u).await;
             let client = read_to_end(&mut r.client).await;
-            Obs { client, upstream: Some(up), counters: BTreeMap::new(), notes: vec![] }
+            Obs {
+                client,
+                upstream: Some(up),
+                counters: BTreeMap::new(),
+                notes: vec![],
+            }
         })
     };
-    let (envoy, ours) = both("message_timeout: 1s", handler(|q, r| r.send(upper(q))), true, script).await;
-    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    let (envoy, ours) = both(
+        "message_timeout: 1s",
+        handler(|q, r| r.send(upper(q))),
+        true,
+        script,
+    )
+    .await;
+    assert_eq!(
+        (&envoy.client, &envoy.upstream),
+        (&ours.client, &ours.upstream)
+    );
     assert_eq!(envoy.upstream, Some((vec![], Ending::Fin)));
     assert_eq!(
         envoy.counters,
@@ -289,7 +403,10 @@ async fn scenario_a3_unmodified_with_data_and_a_unmodified_empty() {
     let h = handler(|q, r| {
         let (_, d, _) = req_data(q);
         let data: &[u8] = if d == b"xyz" { b"XYZ" } else { b"" };
-        r.send(ProcessingResponse { data_processing_status: DataProcessedStatus::Unmodified as i32, ..same_dir(q, data, req_data(q).2) });
+        r.send(ProcessingResponse {
+            data_processing_status: DataProcessedStatus::Unmodified as i32,
+            ..same_dir(q, data, req_data(q).2)
+        });
     });
     let script: Script = |mut r| {
         Box::pin(async move {
@@ -328,12 +445,20 @@ async fn scenario_b_early_eos_then_more_data() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             fin(&mut r.client).await;
             let client = read_to_end(&mut r.client).await;
-            Obs { client, upstream: Some(up), counters: BTreeMap::new(), notes: vec![] }
+            Obs {
+                client,
+                upstream: Some(up),
+                counters: BTreeMap::new(),
+                notes: vec![],
+            }
         })
     };
     let (envoy, ours) = both("message_timeout: 1s", h, true, script).await;
     assert_eq!(envoy.upstream, Some((b"first".to_vec(), Ending::Fin)));
-    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    assert_eq!(
+        (&envoy.client, &envoy.upstream),
+        (&ours.client, &ours.upstream)
+    );
     assert_eq!(ours.counters, with_n4(&envoy.counters));
 }
 
@@ -354,9 +479,15 @@ async fn scenario_c_unsolicited_responses() {
         })
     };
     let (envoy, ours) = both("message_timeout: 1s", h, true, script).await;
-    assert_eq!(envoy.upstream, Some((b"hiUNSOLICITED-READ".to_vec(), Ending::Fin)));
+    assert_eq!(
+        envoy.upstream,
+        Some((b"hiUNSOLICITED-READ".to_vec(), Ending::Fin))
+    );
     assert_eq!(envoy.counters.get("read_data_injected"), Some(&3));
-    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    assert_eq!(
+        (&envoy.client, &envoy.upstream),
+        (&ours.client, &ours.upstream)
+    );
     assert_eq!(ours.counters, with_n4(&envoy.counters));
 }
 
@@ -375,7 +506,10 @@ async fn scenario_d_pipelined_chunks_answered_in_order() {
         })
     };
     let (envoy, ours) = both("message_timeout: 1s", h, true, script).await;
-    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    assert_eq!(
+        (&envoy.client, &envoy.upstream),
+        (&ours.client, &ours.upstream)
+    );
     assert_eq!(ours.counters, with_n4(&envoy.counters));
 }
 
@@ -411,11 +545,20 @@ async fn scenario_f2_zero_timeout_never_fires() {
             tokio::time::sleep(Duration::from_millis(600)).await;
             // Still open after 3× the default timeout (nothing forwarded, nothing closed); then
             // the upstream resets.
-            let Run { mut client, upstream, processor } = r;
+            let Run {
+                mut client,
+                upstream,
+                processor,
+            } = r;
             assert_eq!(processor.seen().requests.len(), 1);
             reset(upstream.expect("upstream"));
             let client = read_to_end(&mut client).await;
-            Obs { client, upstream: None, counters: BTreeMap::new(), notes: vec![] }
+            Obs {
+                client,
+                upstream: None,
+                counters: BTreeMap::new(),
+                notes: vec![],
+            }
         })
     };
     let (envoy, ours) = both("message_timeout: 0s", handler(|_, _| {}), true, script).await;
@@ -445,8 +588,17 @@ async fn scenario_v_unanswered_pipelined_chunk() {
             write(&mut r.client, b"second").await;
             tokio::time::sleep(Duration::from_millis(1600)).await;
             let mut probe = [0u8; 1];
-            let open = tokio::time::timeout(Duration::from_millis(50), tokio::io::AsyncReadExt::read(&mut r.client, &mut probe)).await.is_err();
-            let notes = vec![if open { "open after 1.6 s" } else { "closed by 1.6 s" }];
+            let open = tokio::time::timeout(
+                Duration::from_millis(50),
+                tokio::io::AsyncReadExt::read(&mut r.client, &mut probe),
+            )
+            .await
+            .is_err();
+            let notes = vec![if open {
+                "open after 1.6 s"
+            } else {
+                "closed by 1.6 s"
+            }];
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut r.client).await;
             let mut obs = drain(r).await;
             obs.notes = notes;
@@ -456,7 +608,10 @@ async fn scenario_v_unanswered_pipelined_chunk() {
     let (envoy, ours) = both("message_timeout: 1s", h, true, script).await;
     assert_eq!(envoy.notes, ["open after 1.6 s"]);
     assert_eq!(ours.notes, ["closed by 1.6 s"]);
-    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    assert_eq!(
+        (&envoy.client, &envoy.upstream),
+        (&ours.client, &ours.upstream)
+    );
     assert_eq!(envoy.upstream, Some((b"first".to_vec(), Ending::Fin)));
     // Envoy's timeout only comes after the client's FIN re-armed the timer.
     assert_eq!(envoy.counters.get("read_data_sent"), Some(&3));
@@ -534,7 +689,10 @@ async fn scenario_i_processor_unreachable() {
 fn closing(status: ConnectionStatus) -> Handler {
     handler(move |q, r| {
         if req_data(q).1 == b"bye" {
-            r.send(ProcessingResponse { connection_status: status as i32, ..read_resp(b"SHOULD-NOT-ARRIVE", false) });
+            r.send(ProcessingResponse {
+                connection_status: status as i32,
+                ..read_resp(b"SHOULD-NOT-ARRIVE", false)
+            });
         } else {
             r.send(echo(q));
         }
@@ -555,11 +713,20 @@ fn closing_script() -> Script {
 
 #[tokio::test]
 async fn scenario_k_close_with_data() {
-    let (envoy, ours) = both("message_timeout: 1s", closing(ConnectionStatus::Close), true, closing_script()).await;
+    let (envoy, ours) = both(
+        "message_timeout: 1s",
+        closing(ConnectionStatus::Close),
+        true,
+        closing_script(),
+    )
+    .await;
     assert_eq!(envoy.client, (vec![], Ending::Fin));
     assert_eq!(envoy.upstream, Some((vec![], Ending::Fin)));
     // N6: extproxy injects the CLOSE's data before closing (and counts the injection).
-    assert_eq!(ours.upstream, Some((b"SHOULD-NOT-ARRIVE".to_vec(), Ending::Fin)));
+    assert_eq!(
+        ours.upstream,
+        Some((b"SHOULD-NOT-ARRIVE".to_vec(), Ending::Fin))
+    );
     assert_eq!(ours.client, envoy.client);
     let mut want = envoy.counters.clone();
     *want.entry("read_data_injected".into()).or_default() += 1;
@@ -568,7 +735,13 @@ async fn scenario_k_close_with_data() {
 
 #[tokio::test]
 async fn scenario_k2_close_rst() {
-    let (envoy, ours) = both("message_timeout: 1s", closing(ConnectionStatus::CloseRst), true, closing_script()).await;
+    let (envoy, ours) = both(
+        "message_timeout: 1s",
+        closing(ConnectionStatus::CloseRst),
+        true,
+        closing_script(),
+    )
+    .await;
     assert_eq!(envoy.client, (vec![], Ending::Rst));
     assert_eq!(envoy.counters.get("connections_reset"), Some(&1));
     assert_eq!(envoy, ours);
@@ -578,7 +751,10 @@ async fn scenario_k2_close_rst() {
 async fn scenario_l_close_stream_to_ext_proc_server() {
     let h = handler(|q, r| {
         if req_data(q).1 == b"hello" {
-            r.send(ProcessingResponse { close_stream_to_ext_proc_server: true, ..read_resp(b"[hello]", false) });
+            r.send(ProcessingResponse {
+                close_stream_to_ext_proc_server: true,
+                ..read_resp(b"[hello]", false)
+            });
         }
     });
     let script: Script = |mut r| {
@@ -611,8 +787,17 @@ async fn scenario_r_server_first() {
             finish(r).await
         })
     };
-    let (envoy, ours) = both("message_timeout: 1s", handler(|q, r| r.send(upper(q))), true, script).await;
-    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    let (envoy, ours) = both(
+        "message_timeout: 1s",
+        handler(|q, r| r.send(upper(q))),
+        true,
+        script,
+    )
+    .await;
+    assert_eq!(
+        (&envoy.client, &envoy.upstream),
+        (&ours.client, &ours.upstream)
+    );
     assert_eq!(ours.counters, with_n4(&envoy.counters));
 }
 
@@ -628,10 +813,18 @@ async fn scenario_s_read_skip() {
             finish(r).await
         })
     };
-    let (envoy, ours) =
-        both("message_timeout: 1s\nprocessing_mode: {process_read: SKIP}", handler(|q, r| r.send(upper(q))), true, script).await;
+    let (envoy, ours) = both(
+        "message_timeout: 1s\nprocessing_mode: {process_read: SKIP}",
+        handler(|q, r| r.send(upper(q))),
+        true,
+        script,
+    )
+    .await;
     assert_eq!(envoy.counters.get("read_data_sent"), None);
-    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    assert_eq!(
+        (&envoy.client, &envoy.upstream),
+        (&ours.client, &ours.upstream)
+    );
     assert_eq!(ours.counters, with_n4(&envoy.counters));
 }
 
@@ -640,7 +833,11 @@ fn upload_4mib() -> Script {
     |r| {
         Box::pin(async move {
             let data = vec![b'q'; 4 * 1024 * 1024];
-            let Run { client, upstream, processor: _ } = r;
+            let Run {
+                client,
+                upstream,
+                processor: _,
+            } = r;
             let (mut cr, mut cw) = client.into_split();
             let writer = tokio::spawn(async move {
                 tokio::io::AsyncWriteExt::write_all(&mut cw, &data).await?;
@@ -657,18 +854,41 @@ fn upload_4mib() -> Script {
             // The upstream's byte count proves delivery; the writer's own result can race with
             // the proxy's close (a late ECONNRESET after everything was sent).
             let _ = writer.await.expect("writer task");
-            Obs { client: (got, end), upstream: Some(up), counters: BTreeMap::new(), notes: vec![] }
+            Obs {
+                client: (got, end),
+                upstream: Some(up),
+                counters: BTreeMap::new(),
+                notes: vec![],
+            }
         })
     }
 }
 
 #[tokio::test]
 async fn scenario_q_four_mib_upload() {
-    let (envoy, ours) = both("message_timeout: 5s", handler(|q, r| r.send(echo(q))), true, upload_4mib()).await;
-    assert_eq!(envoy.upstream.as_ref().map(|(d, e)| (d.len(), *e)), Some((4 * 1024 * 1024, Ending::Fin)), "{:?}", envoy.counters);
-    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    let (envoy, ours) = both(
+        "message_timeout: 5s",
+        handler(|q, r| r.send(echo(q))),
+        true,
+        upload_4mib(),
+    )
+    .await;
+    assert_eq!(
+        envoy.upstream.as_ref().map(|(d, e)| (d.len(), *e)),
+        Some((4 * 1024 * 1024, Ending::Fin)),
+        "{:?}",
+        envoy.counters
+    );
+    assert_eq!(
+        (&envoy.client, &envoy.upstream),
+        (&ours.client, &ours.upstream)
+    );
     for o in [&envoy, &ours] {
-        assert_eq!(o.counters.get("read_data_sent"), o.counters.get("read_data_injected"), "{o:?}");
+        assert_eq!(
+            o.counters.get("read_data_sent"),
+            o.counters.get("read_data_injected"),
+            "{o:?}"
+        );
     }
 }
 
@@ -683,10 +903,22 @@ async fn scenario_q4_four_mib_upload() {
     )
     .await;
     // Byte totals match; chunk counts follow each proxy's socket reads.
-    assert_eq!(envoy.upstream.as_ref().map(|(d, e)| (d.len(), *e)), Some((4 * 1024 * 1024, Ending::Fin)), "{:?}", envoy.counters);
-    assert_eq!((&envoy.client, &envoy.upstream), (&ours.client, &ours.upstream));
+    assert_eq!(
+        envoy.upstream.as_ref().map(|(d, e)| (d.len(), *e)),
+        Some((4 * 1024 * 1024, Ending::Fin)),
+        "{:?}",
+        envoy.counters
+    );
+    assert_eq!(
+        (&envoy.client, &envoy.upstream),
+        (&ours.client, &ours.upstream)
+    );
     for o in [&envoy, &ours] {
-        assert_eq!(o.counters.get("read_data_sent"), o.counters.get("read_data_injected"), "{o:?}");
+        assert_eq!(
+            o.counters.get("read_data_sent"),
+            o.counters.get("read_data_injected"),
+            "{o:?}"
+        );
         assert_eq!(o.counters.get("streams_started"), Some(&1));
     }
 }
@@ -699,7 +931,13 @@ async fn scenario_t1_upstream_refused() {
             drain(r).await
         })
     };
-    let (envoy, ours) = both("message_timeout: 1s", handler(|q, r| r.send(echo(q))), false, script).await;
+    let (envoy, ours) = both(
+        "message_timeout: 1s",
+        handler(|q, r| r.send(echo(q))),
+        false,
+        script,
+    )
+    .await;
     // FIN or RST depends on whether the client's bytes reached the proxy's socket before the
     // refusal (RST when they did, as in the spec's T1); both proxies just close the socket.
     assert_eq!((envoy.client.0.len(), ours.client.0.len()), (0, 0));
@@ -736,17 +974,33 @@ async fn validate_messages_match() {
                 .args(["-l", "error", "--disable-hot-restart"])
                 .output()
                 .expect("run");
-            (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+            (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            )
         };
         let (envoy_ok, envoy_text) = out(&testenv::envoy_binary());
         let (ours_ok, ours_text) = out(env!("CARGO_BIN_EXE_extproxy").as_ref());
         assert_eq!(envoy_ok, want.is_empty(), "envoy on case {i}: {envoy_text}");
-        assert_eq!(ours_ok, envoy_ok, "case {i}: envoy said {envoy_text}\nextproxy said {ours_text}");
+        assert_eq!(
+            ours_ok, envoy_ok,
+            "case {i}: envoy said {envoy_text}\nextproxy said {ours_text}"
+        );
         if want.is_empty() {
-            assert!(envoy_text.contains("OK") && ours_text.contains("OK"), "{envoy_text} / {ours_text}");
+            assert!(
+                envoy_text.contains("OK") && ours_text.contains("OK"),
+                "{envoy_text} / {ours_text}"
+            );
         } else {
             assert!(envoy_text.contains(want), "envoy on case {i}: {envoy_text}");
-            assert!(ours_text.contains(want), "extproxy on case {i}: {ours_text}");
+            assert!(
+                ours_text.contains(want),
+                "extproxy on case {i}: {ours_text}"
+            );
         }
     }
 }

@@ -6,8 +6,12 @@
 
 mod l4_support;
 
-use envoy_types::pb::envoy::service::network_ext_proc::v3::processing_response::{ConnectionStatus, DataProcessedStatus};
-use envoy_types::pb::envoy::service::network_ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::envoy::service::network_ext_proc::v3::processing_response::{
+    ConnectionStatus, DataProcessedStatus,
+};
+use envoy_types::pb::envoy::service::network_ext_proc::v3::{
+    ProcessingRequest, ProcessingResponse,
+};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use l4_support::*;
 use sha2::{Digest, Sha256};
@@ -23,7 +27,14 @@ async fn setup(
 ) -> (Upstream, RawProcessor, Proxy) {
     let up = Upstream::bind().await;
     let p = RawProcessor::start(handler).await;
-    let proxy = Proxy::start(&bootstrap(&[ext_proc("ep", extra)], up.port(), p.port(), "", "")).await;
+    let proxy = Proxy::start(&bootstrap(
+        &[ext_proc("ep", extra)],
+        up.port(),
+        p.port(),
+        "",
+        "",
+    ))
+    .await;
     (up, p, proxy)
 }
 
@@ -35,8 +46,17 @@ fn counters(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
 async fn pass_through_ten_mib_each_way_with_the_sdk() {
     let up = Upstream::bind().await;
     let p = sdk_processor(|| Pass).await;
-    let proxy = Proxy::start(&bootstrap(&[ext_proc("ep", "message_timeout: 5s")], up.port(), p.addr().port(), "", "")).await;
-    let data: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let proxy = Proxy::start(&bootstrap(
+        &[ext_proc("ep", "message_timeout: 5s")],
+        up.port(),
+        p.addr().port(),
+        "",
+        "",
+    ))
+    .await;
+    let data: Vec<u8> = (0..10 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
     let want = Sha256::digest(&data);
     let (mut cr, mut cw) = proxy.connect().await.into_split();
     let (mut ur, mut uw) = up.accept().await.into_split();
@@ -50,10 +70,12 @@ async fn pass_through_ten_mib_each_way_with_the_sdk() {
         uw.shutdown().await.expect("fin");
     });
     let (mut at_up, mut at_client) = (Vec::new(), Vec::new());
-    let (r1, r2) = tokio::time::timeout(
-        Duration::from_secs(60),
-        async { tokio::join!(tokio::io::AsyncReadExt::read_to_end(&mut ur, &mut at_up), tokio::io::AsyncReadExt::read_to_end(&mut cr, &mut at_client)) },
-    )
+    let (r1, r2) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(
+            tokio::io::AsyncReadExt::read_to_end(&mut ur, &mut at_up),
+            tokio::io::AsyncReadExt::read_to_end(&mut cr, &mut at_client)
+        )
+    })
     .await
     .expect("10 MiB each way within 60 s");
     r1.expect("upstream read");
@@ -65,8 +87,14 @@ async fn pass_through_ten_mib_each_way_with_the_sdk() {
     assert_eq!(Sha256::digest(&at_client), want);
     proxy.wait_closed(1).await;
     assert_eq!(proxy.ep("ep", "streams_started"), 1);
-    assert_eq!(proxy.ep("ep", "read_data_sent"), proxy.ep("ep", "read_data_injected"));
-    assert_eq!(proxy.ep("ep", "write_data_sent"), proxy.ep("ep", "write_data_injected"));
+    assert_eq!(
+        proxy.ep("ep", "read_data_sent"),
+        proxy.ep("ep", "read_data_injected")
+    );
+    assert_eq!(
+        proxy.ep("ep", "write_data_sent"),
+        proxy.ep("ep", "write_data_injected")
+    );
     assert_eq!(proxy.ep("ep", "streams_closed"), 1);
 }
 
@@ -77,11 +105,22 @@ async fn pass_through_ten_mib_each_way_with_the_sdk() {
 async fn upper_casing_processor_scenario_1() {
     let up = Upstream::bind().await;
     let p = sdk_processor(|| Upper).await;
-    let proxy = Proxy::start(&bootstrap(&[ext_proc("ep", "message_timeout: 2s")], up.port(), p.addr().port(), "", "")).await;
+    let proxy = Proxy::start(&bootstrap(
+        &[ext_proc("ep", "message_timeout: 2s")],
+        up.port(),
+        p.addr().port(),
+        "",
+        "",
+    ))
+    .await;
     let mut c = proxy.connect().await;
     let mut u = up.accept().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(proxy.ep("ep", "streams_started"), 0, "lazy: no stream before the first byte");
+    assert_eq!(
+        proxy.ep("ep", "streams_started"),
+        0,
+        "lazy: no stream before the first byte"
+    );
     write(&mut c, b"hello").await;
     assert_eq!(read_exact(&mut u, 5).await, b"HELLO");
     write(&mut u, b"world").await;
@@ -108,10 +147,16 @@ async fn upper_casing_processor_scenario_1() {
 
 #[tokio::test]
 async fn close_gives_fin_and_close_rst_gives_rst() {
-    for (status, want) in [(ConnectionStatus::Close, Ending::Fin), (ConnectionStatus::CloseRst, Ending::Rst)] {
+    for (status, want) in [
+        (ConnectionStatus::Close, Ending::Fin),
+        (ConnectionStatus::CloseRst, Ending::Rst),
+    ] {
         let (up, _p, proxy) = setup("message_timeout: 2s", move |req, r| {
             if req_data(req).1 == b"bye" {
-                r.send(ProcessingResponse { connection_status: status as i32, ..read_resp(b"LAST", false) });
+                r.send(ProcessingResponse {
+                    connection_status: status as i32,
+                    ..read_resp(b"LAST", false)
+                });
             } else {
                 r.send(echo(req));
             }
@@ -125,13 +170,24 @@ async fn close_gives_fin_and_close_rst_gives_rst() {
         let (got, end) = read_to_end(&mut c).await;
         assert_eq!((got, end), (vec![], want), "{status:?}");
         let (at_up, up_end) = read_to_end(&mut u).await;
-        assert_eq!(up_end, Ending::Fin, "{status:?}: tcp_proxy closes the upstream");
+        assert_eq!(
+            up_end,
+            Ending::Fin,
+            "{status:?}: tcp_proxy closes the upstream"
+        );
         // N6: a CLOSE's data is delivered before the FIN; a CLOSE_RST's is not.
-        let want_up: &[u8] = if status == ConnectionStatus::Close { b"LAST" } else { b"" };
+        let want_up: &[u8] = if status == ConnectionStatus::Close {
+            b"LAST"
+        } else {
+            b""
+        };
         assert_eq!(at_up, want_up, "{status:?}");
         proxy.wait_closed(1).await;
         assert_eq!(proxy.ep("ep", "connections_closed"), 1);
-        assert_eq!(proxy.ep("ep", "connections_reset"), i64::from(status == ConnectionStatus::CloseRst));
+        assert_eq!(
+            proxy.ep("ep", "connections_reset"),
+            i64::from(status == ConnectionStatus::CloseRst)
+        );
         assert_eq!(proxy.ep("ep", "streams_closed"), 1);
     }
 }
@@ -174,7 +230,11 @@ async fn message_timeout_fail_open_forwards_the_pending_chunk() {
     assert_eq!(proxy.ep("ep", "message_timeouts"), 1);
     assert_eq!(proxy.ep("ep", "failure_mode_allowed"), 1);
     assert_eq!(proxy.ep("ep", "connections_closed"), 0);
-    assert_eq!(proxy.ep("ep", "read_data_sent"), 1, "nothing is sent after the timeout");
+    assert_eq!(
+        proxy.ep("ep", "read_data_sent"),
+        1,
+        "nothing is sent after the timeout"
+    );
 }
 
 #[tokio::test]
@@ -182,7 +242,14 @@ async fn processor_down_at_start() {
     for allow in [false, true] {
         let up = Upstream::bind().await;
         let extra = format!("message_timeout: 2s\nfailure_mode_allow: {allow}");
-        let proxy = Proxy::start(&bootstrap(&[ext_proc("ep", &extra)], up.port(), closed_port(), "", "")).await;
+        let proxy = Proxy::start(&bootstrap(
+            &[ext_proc("ep", &extra)],
+            up.port(),
+            closed_port(),
+            "",
+            "",
+        ))
+        .await;
         let mut c = proxy.connect().await;
         let mut u = up.accept().await;
         write(&mut c, b"hello").await;
@@ -197,7 +264,14 @@ async fn processor_down_at_start() {
             assert_eq!(read_to_end(&mut u).await, (vec![], Ending::Fin));
             assert_eq!(proxy.ep("ep", "connections_closed"), 1);
         }
-        assert_eq!((proxy.ep("ep", "streams_started"), proxy.ep("ep", "streams_grpc_error")), (1, 1), "allow={allow}");
+        assert_eq!(
+            (
+                proxy.ep("ep", "streams_started"),
+                proxy.ep("ep", "streams_grpc_error")
+            ),
+            (1, 1),
+            "allow={allow}"
+        );
         assert_eq!(proxy.ep("ep", "streams_closed"), 0);
     }
 }
@@ -205,8 +279,14 @@ async fn processor_down_at_start() {
 #[tokio::test]
 async fn missing_processor_cluster_counts_like_envoy() {
     let up = Upstream::bind().await;
-    let yaml = bootstrap(&[ext_proc("ep", "message_timeout: 2s")], up.port(), closed_port(), "", "")
-        .replace("cluster_name: processor}", "cluster_name: nope}");
+    let yaml = bootstrap(
+        &[ext_proc("ep", "message_timeout: 2s")],
+        up.port(),
+        closed_port(),
+        "",
+        "",
+    )
+    .replace("cluster_name: processor}", "cluster_name: nope}");
     let proxy = Proxy::start(&yaml).await;
     let mut c = proxy.connect().await;
     let _u = up.accept().await;
@@ -214,7 +294,11 @@ async fn missing_processor_cluster_counts_like_envoy() {
     assert_eq!(read_to_end(&mut c).await.1, Ending::Fin);
     assert_eq!(
         proxy.ep_counters("ep"),
-        counters(&[("streams_grpc_error", 1), ("stream_open_failures", 1), ("connections_closed", 2)])
+        counters(&[
+            ("streams_grpc_error", 1),
+            ("stream_open_failures", 1),
+            ("connections_closed", 2)
+        ])
     );
 }
 
@@ -235,17 +319,20 @@ async fn processor_killed_mid_connection_fails_closed() {
 async fn grpc_error_fail_open_and_ok_close_pass_through_keeping_pending_bytes() {
     // G2 / H, done better (N3): the chunk the processor held goes on unprocessed.
     for (allow, fail) in [(true, true), (false, false)] {
-        let (up, _p, proxy) = setup(&format!("message_timeout: 2s\nfailure_mode_allow: {allow}"), move |req, r| {
-            if req_data(req).1 == b"end" {
-                if fail {
-                    r.fail(tonic::Status::permission_denied("no"));
+        let (up, _p, proxy) = setup(
+            &format!("message_timeout: 2s\nfailure_mode_allow: {allow}"),
+            move |req, r| {
+                if req_data(req).1 == b"end" {
+                    if fail {
+                        r.fail(tonic::Status::permission_denied("no"));
+                    } else {
+                        r.finish();
+                    }
                 } else {
-                    r.finish();
+                    r.send(echo(req));
                 }
-            } else {
-                r.send(echo(req));
-            }
-        })
+            },
+        )
         .await;
         let mut c = proxy.connect().await;
         let mut u = up.accept().await;
@@ -256,9 +343,21 @@ async fn grpc_error_fail_open_and_ok_close_pass_through_keeping_pending_bytes() 
         write(&mut c, b"later").await;
         assert_eq!(read_exact(&mut u, 5).await, b"later");
         if fail {
-            assert_eq!((proxy.ep("ep", "streams_grpc_error"), proxy.ep("ep", "failure_mode_allowed")), (1, 1));
+            assert_eq!(
+                (
+                    proxy.ep("ep", "streams_grpc_error"),
+                    proxy.ep("ep", "failure_mode_allowed")
+                ),
+                (1, 1)
+            );
         } else {
-            assert_eq!((proxy.ep("ep", "streams_grpc_close"), proxy.ep("ep", "failure_mode_allowed")), (1, 0));
+            assert_eq!(
+                (
+                    proxy.ep("ep", "streams_grpc_close"),
+                    proxy.ep("ep", "failure_mode_allowed")
+                ),
+                (1, 0)
+            );
         }
         assert_eq!(proxy.ep("ep", "connections_closed"), 0);
         assert_eq!(proxy.ep("ep", "read_data_sent"), 2);
@@ -268,11 +367,20 @@ async fn grpc_error_fail_open_and_ok_close_pass_through_keeping_pending_bytes() 
 #[tokio::test]
 async fn upstream_refused_never_calls_the_processor() {
     let p = RawProcessor::start(|req, r| r.send(echo(req))).await;
-    let proxy = Proxy::start(&bootstrap(&[ext_proc("ep", "message_timeout: 2s")], closed_port(), p.port(), "", "")).await;
+    let proxy = Proxy::start(&bootstrap(
+        &[ext_proc("ep", "message_timeout: 2s")],
+        closed_port(),
+        p.port(),
+        "",
+        "",
+    ))
+    .await;
     let mut c = proxy.connect().await;
     write(&mut c, b"hello").await;
     assert_eq!(read_to_end(&mut c).await, (vec![], Ending::Rst));
-    proxy.wait_counter("cluster.upstream.upstream_cx_connect_attempts_exceeded", 1).await;
+    proxy
+        .wait_counter("cluster.upstream.upstream_cx_connect_attempts_exceeded", 1)
+        .await;
     assert_eq!(proxy.ep_counters("ep"), BTreeMap::new());
     assert_eq!(p.seen().streams, 0);
 }
@@ -300,7 +408,11 @@ async fn half_close_both_ways_through_the_processor() {
     assert_eq!(read_to_end(&mut u).await, (b"quit".to_vec(), Ending::Fin));
     proxy.wait_closed(2).await;
     let reqs = p.seen().requests;
-    let first_of_second = reqs.iter().map(req_data).find(|(_, d, _)| d == b"220 hi").expect("server-first chunk");
+    let first_of_second = reqs
+        .iter()
+        .map(req_data)
+        .find(|(_, d, _)| d == b"220 hi")
+        .expect("server-first chunk");
     assert_eq!(first_of_second.0, "write");
     assert_eq!(proxy.ep("ep", "streams_started"), 2);
     assert_eq!(proxy.ep("ep", "streams_closed"), 2);
@@ -310,7 +422,10 @@ async fn half_close_both_ways_through_the_processor() {
 /// client gets `resp` before EOF (Envoy 1.40 loses it by default).
 #[tokio::test]
 async fn close_waits_for_the_last_answer() {
-    let (up, _p, proxy) = setup("message_timeout: 2s", |req, r| r.send_later(Duration::from_millis(150), echo(req))).await;
+    let (up, _p, proxy) = setup("message_timeout: 2s", |req, r| {
+        r.send_later(Duration::from_millis(150), echo(req))
+    })
+    .await;
     let mut c = proxy.connect().await;
     let mut u = up.accept().await;
     write(&mut c, b"hello").await;
@@ -323,20 +438,33 @@ async fn close_waits_for_the_last_answer() {
 
 #[tokio::test]
 async fn skip_modes_bypass_one_direction() {
-    let (up, p, proxy) = setup("message_timeout: 2s\nprocessing_mode: {process_read: SKIP}", |req, r| {
-        let (_, d, eos) = req_data(req);
-        r.send(write_resp(&d.to_ascii_uppercase(), eos));
-    })
+    let (up, p, proxy) = setup(
+        "message_timeout: 2s\nprocessing_mode: {process_read: SKIP}",
+        |req, r| {
+            let (_, d, eos) = req_data(req);
+            r.send(write_resp(&d.to_ascii_uppercase(), eos));
+        },
+    )
     .await;
     let mut c = proxy.connect().await;
     let mut u = up.accept().await;
     write(&mut c, b"straight").await;
     assert_eq!(read_exact(&mut u, 8).await, b"straight");
-    assert_eq!(proxy.ep("ep", "streams_started"), 0, "S: read bytes never open the stream");
+    assert_eq!(
+        proxy.ep("ep", "streams_started"),
+        0,
+        "S: read bytes never open the stream"
+    );
     write(&mut u, b"processed").await;
     assert_eq!(read_exact(&mut c, 9).await, b"PROCESSED");
     assert!(p.seen().requests.iter().all(|r| r.read_data.is_none()));
-    assert_eq!((proxy.ep("ep", "read_data_sent"), proxy.ep("ep", "write_data_sent")), (0, 1));
+    assert_eq!(
+        (
+            proxy.ep("ep", "read_data_sent"),
+            proxy.ep("ep", "write_data_sent")
+        ),
+        (0, 1)
+    );
 }
 
 #[tokio::test]
@@ -354,9 +482,17 @@ async fn unmodified_with_empty_data_forwards_the_original() {
     let mut c = proxy.connect().await;
     let mut u = up.accept().await;
     write(&mut c, b"hello").await;
-    assert_eq!(read_exact(&mut u, 5).await, b"hello", "N1: Envoy 1.40 forwards nothing (scenario A)");
+    assert_eq!(
+        read_exact(&mut u, 5).await,
+        b"hello",
+        "N1: Envoy 1.40 forwards nothing (scenario A)"
+    );
     write(&mut c, b"xyz").await;
-    assert_eq!(read_exact(&mut u, 3).await, b"XYZ", "A3: non-empty data wins");
+    assert_eq!(
+        read_exact(&mut u, 3).await,
+        b"XYZ",
+        "A3: non-empty data wins"
+    );
     assert_eq!(proxy.ep("ep", "read_data_injected"), 2);
 }
 
@@ -375,7 +511,13 @@ async fn unsolicited_responses_are_injected() {
     write(&mut c, b"hi").await;
     assert_eq!(read_exact(&mut u, 18).await, b"hiUNSOLICITED-READ");
     assert_eq!(read_exact(&mut c, 17).await, b"UNSOLICITED-WRITE");
-    assert_eq!((proxy.ep("ep", "read_data_sent"), proxy.ep("ep", "read_data_injected")), (1, 2));
+    assert_eq!(
+        (
+            proxy.ep("ep", "read_data_sent"),
+            proxy.ep("ep", "read_data_injected")
+        ),
+        (1, 2)
+    );
     assert_eq!(proxy.ep("ep", "write_data_injected"), 1);
 }
 
@@ -387,7 +529,10 @@ async fn close_stream_to_ext_proc_server_bypasses() {
         if req_data(req).1 == b"hello" {
             r.send_later(
                 Duration::from_millis(300),
-                ProcessingResponse { close_stream_to_ext_proc_server: true, ..read_resp(b"[hello]", false) },
+                ProcessingResponse {
+                    close_stream_to_ext_proc_server: true,
+                    ..read_resp(b"[hello]", false)
+                },
             );
         }
     })
@@ -410,16 +555,28 @@ async fn close_stream_to_ext_proc_server_bypasses() {
 async fn metadata_received_by_one_filter_is_forwarded_by_the_next() {
     let up = Upstream::bind().await;
     let ns = |fields: Vec<(&str, Value)>| Value {
-        kind: Some(Kind::StructValue(Struct { fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect() })),
+        kind: Some(Kind::StructValue(Struct {
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        })),
     };
-    let num = |n: f64| Value { kind: Some(Kind::NumberValue(n)) };
+    let num = |n: f64| Value {
+        kind: Some(Kind::NumberValue(n)),
+    };
     let p = RawProcessor::start(move |req, r| {
         let mut resp = echo(req);
         resp.dynamic_metadata = Some(Struct {
             fields: [
                 ("epns".to_string(), ns(vec![("n", num(3.0))])),
                 ("ignored".to_string(), ns(vec![("x", num(1.0))])),
-                ("scalar_ns".to_string(), Value { kind: Some(Kind::StringValue("str".into())) }),
+                (
+                    "scalar_ns".to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue("str".into())),
+                    },
+                ),
             ]
             .into_iter()
             .collect(),
@@ -437,7 +594,11 @@ async fn metadata_received_by_one_filter_is_forwarded_by_the_next() {
     write(&mut c, b"hi").await;
     assert_eq!(read_exact(&mut u, 2).await, b"hi");
     let reqs = p.wait_requests(2).await;
-    assert!(reqs[0].metadata.is_none(), "ep forwards nothing: {:?}", reqs[0]);
+    assert!(
+        reqs[0].metadata.is_none(),
+        "ep forwards nothing: {:?}",
+        reqs[0]
+    );
     let md = reqs[1].metadata.as_ref().expect("ep2 forwards epns");
     assert_eq!(md.filter_metadata.keys().collect::<Vec<_>>(), ["epns"]);
     assert_eq!(md.filter_metadata["epns"].fields["n"], num(3.0));
@@ -445,8 +606,17 @@ async fn metadata_received_by_one_filter_is_forwarded_by_the_next() {
     write(&mut u, b"back").await;
     assert_eq!(read_exact(&mut c, 4).await, b"back");
     let reqs = p.wait_requests(4).await;
-    assert!(reqs[2].metadata.is_some() && reqs[3].metadata.is_none(), "write order ep2 → ep: {reqs:?}");
-    assert_eq!((proxy.ep("ep", "streams_started"), proxy.ep("ep2", "streams_started")), (1, 1));
+    assert!(
+        reqs[2].metadata.is_some() && reqs[3].metadata.is_none(),
+        "write order ep2 → ep: {reqs:?}"
+    );
+    assert_eq!(
+        (
+            proxy.ep("ep", "streams_started"),
+            proxy.ep("ep2", "streams_started")
+        ),
+        (1, 1)
+    );
 }
 
 #[tokio::test]
@@ -470,13 +640,25 @@ async fn connection_attributes_on_the_first_message_only() {
         Some(Kind::BoolValue(b)) => b.to_string(),
         other => format!("{other:?}"),
     };
-    assert_eq!(s(&attrs["source.address"]), c.local_addr().expect("addr").to_string());
-    assert_eq!(s(&attrs["source.port"]), c.local_addr().expect("addr").port().to_string());
+    assert_eq!(
+        s(&attrs["source.address"]),
+        c.local_addr().expect("addr").to_string()
+    );
+    assert_eq!(
+        s(&attrs["source.port"]),
+        c.local_addr().expect("addr").port().to_string()
+    );
     assert_eq!(s(&attrs["destination.port"]), proxy.addr.port().to_string());
     assert_eq!(s(&attrs["connection.mtls"]), "false");
-    assert_eq!(s(&attrs["upstream.address"]), format!("127.0.0.1:{}", up.port()));
+    assert_eq!(
+        s(&attrs["upstream.address"]),
+        format!("127.0.0.1:{}", up.port())
+    );
     assert!(attrs.contains_key("connection.id") && !attrs.contains_key("bogus.attr"));
-    assert!(reqs[1].attributes.is_empty(), "N: the second message has none");
+    assert!(
+        reqs[1].attributes.is_empty(),
+        "N: the second message has none"
+    );
 }
 
 /// Q2, done better (N2): a processor that never answers, with no timeout, cannot make the proxy
@@ -498,10 +680,16 @@ async fn silent_processor_applies_backpressure() {
     let _u = up.accept().await;
     let pushed = push_until_stalled(c).await;
     let sent: usize = p.seen().requests.iter().map(|r| req_data(r).1.len()).sum();
-    assert!(sent <= limit, "{sent} bytes in flight to the processor, limit {limit}");
+    assert!(
+        sent <= limit,
+        "{sent} bytes in flight to the processor, limit {limit}"
+    );
     assert!(sent > 0);
     assert!(pushed < 48 * 1024 * 1024, "client pushed {pushed} bytes");
-    assert_eq!(proxy.counter("tcp.tcp.downstream_cx_rx_bytes_total") as usize, sent);
+    assert_eq!(
+        proxy.counter("tcp.tcp.downstream_cx_rx_bytes_total") as usize,
+        sent
+    );
 }
 
 async fn push_until_stalled(mut c: tokio::net::TcpStream) -> usize {
@@ -531,7 +719,9 @@ async fn bytes_after_a_processor_eos_are_counted() {
     write(&mut c, b"first").await;
     assert_eq!(read_to_end(&mut u).await, (b"first".to_vec(), Ending::Fin));
     write(&mut c, b"second").await;
-    proxy.wait_counter("network_ext_proc.ep.read_data_dropped_after_eos", 1).await;
+    proxy
+        .wait_counter("network_ext_proc.ep.read_data_dropped_after_eos", 1)
+        .await;
     assert_eq!(proxy.ep("ep", "read_data_injected"), 2);
 }
 
@@ -548,25 +738,42 @@ async fn side_stream_headers_and_initial_metadata() {
     let h: BTreeMap<String, String> = p.seen().headers.into_iter().collect();
     assert_eq!(h.get("x-tenant").map(String::as_str), Some("t1"));
     assert_eq!(h.get("x-envoy-internal").map(String::as_str), Some("true"));
-    assert_eq!(h.get("x-forwarded-for").map(String::as_str), Some("127.0.0.1"));
+    assert_eq!(
+        h.get("x-forwarded-for").map(String::as_str),
+        Some("127.0.0.1")
+    );
 }
 
 #[tokio::test]
 async fn config_errors_carry_envoys_messages() {
     let check = |extra: &str| {
         let y = bootstrap(&[ext_proc("ep", extra)], 1, 2, "", "");
-        extproxy::config::parse(&y).and_then(|b| extproxy::server::validate(&b, &Default::default())).map(|_| ())
+        extproxy::config::parse(&y)
+            .and_then(|b| extproxy::server::validate(&b, &Default::default()))
+            .map(|_| ())
     };
     let msg = |extra: &str| check(extra).unwrap_err().to_string();
     assert!(check("message_timeout: 2s").is_ok());
-    assert!(msg("processing_mode: {process_read: SKIP, process_write: SKIP}")
-        .contains("both read and write paths are skipped, at least one must be enabled."));
-    assert!(msg("message_timeout: 3601s").contains("MessageTimeout: value must be inside range [0s, 1h0m0s]"));
+    assert!(
+        msg("processing_mode: {process_read: SKIP, process_write: SKIP}")
+            .contains("both read and write paths are skipped, at least one must be enabled.")
+    );
+    assert!(msg("message_timeout: 3601s")
+        .contains("MessageTimeout: value must be inside range [0s, 1h0m0s]"));
     let y = bootstrap(&[ext_proc("''", "")], 1, 2, "", "");
-    let e = extproxy::config::parse(&y).and_then(|b| extproxy::server::validate(&b, &Default::default())).unwrap_err();
-    assert!(e.to_string().contains("StatPrefix: value length must be at least 1 characters"), "{e}");
+    let e = extproxy::config::parse(&y)
+        .and_then(|b| extproxy::server::validate(&b, &Default::default()))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("StatPrefix: value length must be at least 1 characters"),
+        "{e}"
+    );
     let e = check("bogus: 1").unwrap_err();
-    assert_eq!(e.path, "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.bogus");
+    assert_eq!(
+        e.path,
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.bogus"
+    );
     let e = check("connection_attributes: ['source.port + 1']").unwrap_err();
     assert!(e.path.ends_with("connection_attributes[0]"), "{e}");
 }

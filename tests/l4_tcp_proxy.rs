@@ -47,17 +47,27 @@ async fn copies_both_ways_with_half_close_in_each_order() {
     assert_eq!(proxy.counter("tcp.tcp.downstream_cx_total"), 2);
     assert_eq!(proxy.counter("tcp.tcp.downstream_cx_rx_bytes_total"), 9);
     assert_eq!(proxy.counter("tcp.tcp.downstream_cx_tx_bytes_total"), 18);
-    assert_eq!(proxy.counter("cluster.upstream.upstream_cx_rx_bytes_total"), 18);
+    assert_eq!(
+        proxy.counter("cluster.upstream.upstream_cx_rx_bytes_total"),
+        18
+    );
     // Registered up front, as Envoy shows them.
     assert_eq!(proxy.stats.get("tcp.tcp.idle_timeout"), Some(0));
-    assert_eq!(proxy.stats.get("tcp.tcp.downstream_flow_control_paused_reading_total"), Some(0));
+    assert_eq!(
+        proxy
+            .stats
+            .get("tcp.tcp.downstream_flow_control_paused_reading_total"),
+        Some(0)
+    );
 }
 
 #[tokio::test]
 async fn ten_mib_each_way_intact() {
     let up = Upstream::bind().await;
     let proxy = Proxy::start(&yaml(up.port(), "", "")).await;
-    let data: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..10 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let want = Sha256::digest(&data);
     let c = proxy.connect().await;
     let u = up.accept().await;
@@ -97,14 +107,22 @@ async fn resets_propagate_both_ways() {
     write(&mut c, b"x").await;
     assert_eq!(read_exact(&mut u, 1).await, b"x");
     reset(c);
-    assert_eq!(read_to_end(&mut u).await.1, Ending::Rst, "client RST gives upstream RST");
+    assert_eq!(
+        read_to_end(&mut u).await.1,
+        Ending::Rst,
+        "client RST gives upstream RST"
+    );
 
     let mut c = proxy.connect().await;
     let mut u = up.accept().await;
     write(&mut u, b"y").await;
     assert_eq!(read_exact(&mut c, 1).await, b"y");
     reset(u);
-    assert_eq!(read_to_end(&mut c).await.1, Ending::Rst, "upstream RST gives client RST");
+    assert_eq!(
+        read_to_end(&mut c).await.1,
+        Ending::Rst,
+        "upstream RST gives client RST"
+    );
 }
 
 #[tokio::test]
@@ -115,8 +133,13 @@ async fn upstream_refused_closes_the_client() {
     // Bytes sent before the connect failed stay unread: the close is an RST, as with Envoy (T1).
     write(&mut c, b"hello").await;
     assert_eq!(read_to_end(&mut c).await, (vec![], Ending::Rst));
-    proxy.wait_counter("cluster.upstream.upstream_cx_connect_attempts_exceeded", 1).await;
-    assert_eq!(proxy.counter("cluster.upstream.upstream_cx_connect_fail"), 2);
+    proxy
+        .wait_counter("cluster.upstream.upstream_cx_connect_attempts_exceeded", 1)
+        .await;
+    assert_eq!(
+        proxy.counter("cluster.upstream.upstream_cx_connect_fail"),
+        2
+    );
     assert_eq!(proxy.counter("cluster.upstream.upstream_cx_total"), 2);
     // Without unread bytes the client sees a plain FIN.
     let mut c = proxy.connect().await;
@@ -129,7 +152,9 @@ async fn unknown_cluster_counts_no_route() {
     let proxy = Proxy::start(&yaml).await;
     let mut c = proxy.connect().await;
     assert_eq!(read_to_end(&mut c).await, (vec![], Ending::Fin));
-    proxy.wait_counter("tcp.tcp.downstream_cx_no_route", 1).await;
+    proxy
+        .wait_counter("tcp.tcp.downstream_cx_no_route", 1)
+        .await;
 }
 
 #[tokio::test]
@@ -143,7 +168,11 @@ async fn idle_timeout_closes_both_sides() {
     let started = std::time::Instant::now();
     assert_eq!(read_to_end(&mut c).await, (vec![], Ending::Fin));
     assert_eq!(read_to_end(&mut u).await, (vec![], Ending::Fin));
-    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(proxy.counter("tcp.tcp.idle_timeout"), 1);
 }
 
@@ -153,7 +182,12 @@ async fn idle_timeout_closes_both_sides() {
 #[tokio::test]
 async fn slow_upstream_stalls_a_fast_client() {
     let up = Upstream::bind().await;
-    let proxy = Proxy::start(&yaml(up.port(), "    per_connection_buffer_limit_bytes: 65536\n", "")).await;
+    let proxy = Proxy::start(&yaml(
+        up.port(),
+        "    per_connection_buffer_limit_bytes: 65536\n",
+        "",
+    ))
+    .await;
     let c = proxy.connect().await;
     let _u = up.accept().await; // never read
     let pushed = push_until_stalled(c).await;
@@ -178,14 +212,35 @@ pub async fn push_until_stalled(mut c: tokio::net::TcpStream) -> usize {
 
 #[tokio::test]
 async fn config_errors_name_the_field() {
-    let err = |y: String| extproxy::config::parse(&y).and_then(|b| extproxy::server::validate(&b, &Default::default())).unwrap_err();
+    let err = |y: String| {
+        extproxy::config::parse(&y)
+            .and_then(|b| extproxy::server::validate(&b, &Default::default()))
+            .unwrap_err()
+    };
     let e = err(yaml(1, "", "").replace("stat_prefix: tcp", "stat_prefix: ''"));
-    assert!(e.to_string().contains("TcpProxyValidationError.StatPrefix: value length must be at least 1 characters"), "{e}");
+    assert!(
+        e.to_string().contains(
+            "TcpProxyValidationError.StatPrefix: value length must be at least 1 characters"
+        ),
+        "{e}"
+    );
     let e = err(yaml(1, "", "          bogus_field: 1\n"));
-    assert_eq!(e.path, "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.bogus_field", "{e}");
+    assert_eq!(
+        e.path,
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.bogus_field",
+        "{e}"
+    );
     let e = err(yaml(1, "", &access_log("/dev/null", "%REQ(:PATH)%")));
-    assert!(e.path.ends_with("typed_config.access_log[0].typed_config.log_format"), "{e}");
-    assert!(e.message.contains("unsupported command operator %REQ(:PATH)%"), "{e}");
+    assert!(
+        e.path
+            .ends_with("typed_config.access_log[0].typed_config.log_format"),
+        "{e}"
+    );
+    assert!(
+        e.message
+            .contains("unsupported command operator %REQ(:PATH)%"),
+        "{e}"
+    );
     let e = err(yaml(1, "", "          max_connect_attempts: 0\n"));
     assert!(e.to_string().contains("MaxConnectAttempts"), "{e}");
 }
@@ -203,7 +258,12 @@ async fn access_log_records_bytes_flags_and_close_types() {
     let log = dir.join("access.log");
     let fmt = "flags=%RESPONSE_FLAGS% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% up=%UPSTREAM_HOST% dr=%DOWNSTREAM_LOCAL_CLOSE_REASON% dt=%DOWNSTREAM_DETECTED_CLOSE_TYPE% fail=%UPSTREAM_TRANSPORT_FAILURE_REASON%";
     let up = Upstream::bind().await;
-    let proxy = Proxy::start(&yaml(up.port(), "", &access_log(&log.display().to_string(), fmt))).await;
+    let proxy = Proxy::start(&yaml(
+        up.port(),
+        "",
+        &access_log(&log.display().to_string(), fmt),
+    ))
+    .await;
     let mut c = proxy.connect().await;
     let mut u = up.accept().await;
     write(&mut c, b"hello").await;
@@ -220,16 +280,29 @@ async fn access_log_records_bytes_flags_and_close_types() {
     proxy.wait_closed(2).await;
     let text = std::fs::read_to_string(&log).expect("log");
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], format!("flags=- rx=5 tx=2 up=127.0.0.1:{} dr=- dt=Normal fail=-", up.port()));
+    assert_eq!(
+        lines[0],
+        format!(
+            "flags=- rx=5 tx=2 up=127.0.0.1:{} dr=- dt=Normal fail=-",
+            up.port()
+        )
+    );
     assert!(lines[1].contains("dt=RemoteReset"), "{text}");
 
     // A refused upstream: Envoy's flags and failure reason.
     let refused = closed_port();
     let log2 = dir.join("refused.log");
-    let proxy = Proxy::start(&yaml(refused, "", &access_log(&log2.display().to_string(), fmt))).await;
+    let proxy = Proxy::start(&yaml(
+        refused,
+        "",
+        &access_log(&log2.display().to_string(), fmt),
+    ))
+    .await;
     let mut c = proxy.connect().await;
     assert_eq!(read_to_end(&mut c).await.0, b"");
-    proxy.wait_counter("cluster.upstream.upstream_cx_connect_attempts_exceeded", 1).await;
+    proxy
+        .wait_counter("cluster.upstream.upstream_cx_connect_attempts_exceeded", 1)
+        .await;
     proxy.wait_closed(1).await;
     let text = std::fs::read_to_string(&log2).expect("log");
     assert_eq!(

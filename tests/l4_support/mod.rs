@@ -8,7 +8,9 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::network_ext_proc::v3::network_external_processor_server::{
     NetworkExternalProcessor, NetworkExternalProcessorServer,
 };
-use envoy_types::pb::envoy::service::network_ext_proc::v3::{Data, ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::envoy::service::network_ext_proc::v3::{
+    Data, ProcessingRequest, ProcessingResponse,
+};
 use futures_util::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
@@ -37,14 +39,25 @@ pub struct Proxy {
 impl Proxy {
     /// Binds and runs `yaml`; the listener must be called `l4`.
     pub async fn start(yaml: &str) -> Proxy {
-        let bootstrap = extproxy::config::parse(yaml).unwrap_or_else(|e| panic!("config: {e}\n{yaml}"));
-        let options = extproxy::Options { concurrency: 1, drain_time: Duration::from_millis(100) };
-        let server = extproxy::Server::bind(&bootstrap, options).await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let bootstrap =
+            extproxy::config::parse(yaml).unwrap_or_else(|e| panic!("config: {e}\n{yaml}"));
+        let options = extproxy::Options {
+            concurrency: 1,
+            drain_time: Duration::from_millis(100),
+        };
+        let server = extproxy::Server::bind(&bootstrap, options)
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = server.listener_addr("l4").expect("listener l4");
         let stats = server.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        Proxy { stats, addr, shutdown, task }
+        Proxy {
+            stats,
+            addr,
+            shutdown,
+            task,
+        }
     }
 
     /// A counter's value (0 if absent).
@@ -70,7 +83,11 @@ impl Proxy {
     pub async fn wait_counter(&self, name: &str, at_least: i64) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.counter(name) < at_least {
-            assert!(tokio::time::Instant::now() < deadline, "{name} = {}, wanted >= {at_least}", self.counter(name));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} = {}, wanted >= {at_least}",
+                self.counter(name)
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -85,13 +102,18 @@ impl Proxy {
             if destroyed >= n {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{destroyed} connections closed, wanted {n}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{destroyed} connections closed, wanted {n}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     pub async fn connect(&self) -> TcpStream {
-        TcpStream::connect(self.addr).await.expect("connect to proxy")
+        TcpStream::connect(self.addr)
+            .await
+            .expect("connect to proxy")
     }
 }
 
@@ -105,7 +127,11 @@ impl Drop for Proxy {
 /// Sum of `listener.<scope>.downstream_cx_destroy` over the non-admin listeners.
 pub fn listener_destroyed<'a>(stats: impl Iterator<Item = (&'a str, &'a str)>) -> i64 {
     stats
-        .filter(|(k, _)| k.starts_with("listener.") && !k.starts_with("listener.admin.") && k.ends_with(".downstream_cx_destroy"))
+        .filter(|(k, _)| {
+            k.starts_with("listener.")
+                && !k.starts_with("listener.admin.")
+                && k.ends_with(".downstream_cx_destroy")
+        })
         .filter_map(|(_, v)| v.trim().parse::<i64>().ok())
         .sum()
 }
@@ -135,7 +161,13 @@ pub const EP_COUNTERS: &[&str] = &[
 
 /// Bootstrap: listener `l4` with `filters` (YAML list items, already indented by 6) before a
 /// tcp_proxy to cluster `upstream`; cluster `processor` is HTTP/2.
-pub fn bootstrap(filters: &[String], upstream: u16, processor: u16, extra_listener: &str, tcp_proxy_extra: &str) -> String {
+pub fn bootstrap(
+    filters: &[String],
+    upstream: u16,
+    processor: u16,
+    extra_listener: &str,
+    tcp_proxy_extra: &str,
+) -> String {
     let mut chain = String::new();
     for f in filters {
         chain.push_str(f);
@@ -195,13 +227,20 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn bind() -> Upstream {
-        Upstream { listener: TcpListener::bind("127.0.0.1:0").await.expect("bind upstream") }
+        Upstream {
+            listener: TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind upstream"),
+        }
     }
     pub fn port(&self) -> u16 {
         self.listener.local_addr().expect("addr").port()
     }
     pub async fn accept(&self) -> TcpStream {
-        let (s, _) = tokio::time::timeout(WAIT, self.listener.accept()).await.expect("upstream accept timed out").expect("accept");
+        let (s, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("upstream accept timed out")
+            .expect("accept");
         s
     }
 }
@@ -209,9 +248,16 @@ impl Upstream {
 /// A port nothing listens on: bound without `listen()` (so connects are refused) and kept bound
 /// for the life of the test process, so a parallel test cannot be handed the same port.
 pub fn closed_port() -> u16 {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
-    let port = s.local_addr().ok().and_then(|a| a.as_socket()).expect("addr").port();
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let port = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("addr")
+        .port();
     std::mem::forget(s);
     port
 }
@@ -236,14 +282,19 @@ pub async fn read_to_end(s: &mut TcpStream) -> (Vec<u8>, Ending) {
             }
         }
     };
-    let end = tokio::time::timeout(WAIT, fut).await.expect("read_to_end timed out");
+    let end = tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("read_to_end timed out");
     (out, end)
 }
 
 /// Reads exactly `n` bytes.
 pub async fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    tokio::time::timeout(WAIT, s.read_exact(&mut buf)).await.expect("read_exact timed out").expect("read_exact");
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .expect("read_exact timed out")
+        .expect("read_exact");
     buf
 }
 
@@ -269,8 +320,13 @@ where
     F: Fn() -> P + Send + Sync + 'static,
     P: extproc::NetworkProcessor,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind processor");
-    extproc::Server::new().network(factory).spawn(listener).expect("spawn processor")
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind processor");
+    extproc::Server::new()
+        .network(factory)
+        .spawn(listener)
+        .expect("spawn processor")
 }
 
 /// Upper-cases both directions.
@@ -278,10 +334,18 @@ where
 pub struct Upper;
 
 impl extproc::NetworkProcessor for Upper {
-    async fn on_read(&mut self, c: &extproc::Chunk, _: &mut extproc::NetworkContext) -> extproc::NetworkReply {
+    async fn on_read(
+        &mut self,
+        c: &extproc::Chunk,
+        _: &mut extproc::NetworkContext,
+    ) -> extproc::NetworkReply {
         extproc::NetworkReply::replace(Bytes::from(c.data().to_ascii_uppercase()))
     }
-    async fn on_write(&mut self, c: &extproc::Chunk, _: &mut extproc::NetworkContext) -> extproc::NetworkReply {
+    async fn on_write(
+        &mut self,
+        c: &extproc::Chunk,
+        _: &mut extproc::NetworkContext,
+    ) -> extproc::NetworkReply {
         extproc::NetworkReply::replace(Bytes::from(c.data().to_ascii_uppercase()))
     }
 }
@@ -329,11 +393,23 @@ impl Responder {
 }
 
 pub fn read_resp(data: &[u8], eos: bool) -> ProcessingResponse {
-    ProcessingResponse { read_data: Some(Data { data: data.to_vec(), end_of_stream: eos }), ..Default::default() }
+    ProcessingResponse {
+        read_data: Some(Data {
+            data: data.to_vec(),
+            end_of_stream: eos,
+        }),
+        ..Default::default()
+    }
 }
 
 pub fn write_resp(data: &[u8], eos: bool) -> ProcessingResponse {
-    ProcessingResponse { write_data: Some(Data { data: data.to_vec(), end_of_stream: eos }), ..Default::default() }
+    ProcessingResponse {
+        write_data: Some(Data {
+            data: data.to_vec(),
+            end_of_stream: eos,
+        }),
+        ..Default::default()
+    }
 }
 
 /// Echoes each request's data and eos back as the response (the "identity" processor).
@@ -373,7 +449,8 @@ struct Svc {
     seen: Arc<watch::Sender<Seen>>,
 }
 
-type RespStream = Pin<Box<dyn futures_util::Stream<Item = Result<ProcessingResponse, tonic::Status>> + Send>>;
+type RespStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<ProcessingResponse, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NetworkExternalProcessor for Svc {
@@ -387,7 +464,9 @@ impl NetworkExternalProcessor for Svc {
             .metadata()
             .iter()
             .filter_map(|kv| match kv {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.to_string(), v.to_str().unwrap_or("").to_string())),
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().unwrap_or("").to_string()))
+                }
                 _ => None,
             })
             .collect();
@@ -419,21 +498,32 @@ impl NetworkExternalProcessor for Svc {
 }
 
 impl RawProcessor {
-    pub async fn start(handler: impl Fn(&ProcessingRequest, &Responder) + Send + Sync + 'static) -> RawProcessor {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw processor");
+    pub async fn start(
+        handler: impl Fn(&ProcessingRequest, &Responder) + Send + Sync + 'static,
+    ) -> RawProcessor {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw processor");
         let addr = listener.local_addr().expect("addr");
         let (seen_tx, seen) = watch::channel(Seen::default());
-        let svc = Svc { handler: Arc::new(handler), seen: Arc::new(seen_tx) };
+        let svc = Svc {
+            handler: Arc::new(handler),
+            seen: Arc::new(seen_tx),
+        };
         let conns = Arc::new(Mutex::new(JoinSet::new()));
         let conns2 = conns.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { continue };
-                let server = NetworkExternalProcessorServer::new(svc.clone()).max_decoding_message_size(usize::MAX);
-                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let mut server = server.clone();
-                    async move { tower::Service::call(&mut server, req).await }
-                });
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let server = NetworkExternalProcessorServer::new(svc.clone())
+                    .max_decoding_message_size(usize::MAX);
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let mut server = server.clone();
+                        async move { tower::Service::call(&mut server, req).await }
+                    });
                 conns2.lock().expect("lock").spawn(async move {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .http2_only()
@@ -442,7 +532,12 @@ impl RawProcessor {
                 });
             }
         });
-        RawProcessor { addr, seen, conns, accept }
+        RawProcessor {
+            addr,
+            seen,
+            conns,
+            accept,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -468,7 +563,12 @@ impl RawProcessor {
         })
         .await;
         let now = self.seen();
-        assert!(ok.is_ok() && pred(&now), "processor condition not met; seen {} requests: {:?}", now.requests.len(), now.requests);
+        assert!(
+            ok.is_ok() && pred(&now),
+            "processor condition not met; seen {} requests: {:?}",
+            now.requests.len(),
+            now.requests
+        );
         now
     }
 

@@ -96,13 +96,18 @@ pub fn compile(text: &str) -> Result<Expression, AttributeError> {
         "xds.node.id" => Attribute::XdsNodeId,
         _ => Attribute::Absent,
     };
-    Ok(Expression { text: text.to_string(), attribute })
+    Ok(Expression {
+        text: text.to_string(),
+        attribute,
+    })
 }
 
 /// Checks that `text` is an attribute path and returns it normalised (`a.b`, index dropped).
 fn parse_path(text: &str) -> Result<String, AttributeError> {
     if text.is_empty() {
-        return Err(AttributeError::Parse("ERROR: <input>:1:1: Syntax error: mismatched input '<EOF>'".into()));
+        return Err(AttributeError::Parse(
+            "ERROR: <input>:1:1: Syntax error: mismatched input '<EOF>'".into(),
+        ));
     }
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -165,7 +170,9 @@ fn classify(text: &str) -> AttributeError {
             break;
         }
     }
-    let trailing_op = text.trim_end().ends_with(['.', '+', '-', '*', '/', '&', '|', '=', '!', '<', '>', ',']);
+    let trailing_op = text
+        .trim_end()
+        .ends_with(['.', '+', '-', '*', '/', '&', '|', '=', '!', '<', '>', ',']);
     if depth != 0 || quote.is_some() || trailing_op || text.contains("..") {
         AttributeError::Parse(format!("ERROR: <input>: Syntax error in {text:?}"))
     } else {
@@ -243,8 +250,14 @@ mod tests {
         assert_eq!(s.fields["source.address"], value::string("127.0.0.1:39746"));
         assert_eq!(s.fields["source.port"], value::number(39746.0));
         assert_eq!(s.fields["destination.port"], value::number(45183.0));
-        assert_eq!(s.fields["upstream.address"], value::string("127.0.0.1:46523"));
-        assert_eq!(s.fields["connection.requested_server_name"], value::string(""));
+        assert_eq!(
+            s.fields["upstream.address"],
+            value::string("127.0.0.1:46523")
+        );
+        assert_eq!(
+            s.fields["connection.requested_server_name"],
+            value::string("")
+        );
         assert!(!s.fields.contains_key("bogus.attr"));
         assert!(!s.fields.contains_key("filter_state[\"nope\"]"));
         assert_eq!(s.fields.len(), 9);
@@ -252,11 +265,24 @@ mod tests {
 
     #[test]
     fn rejects_what_it_cannot_evaluate() {
-        assert!(matches!(compile("undefined_func()"), Err(AttributeError::Unsupported(_))));
-        assert!(matches!(compile("source.port + 1"), Err(AttributeError::Unsupported(_))));
+        assert!(matches!(
+            compile("undefined_func()"),
+            Err(AttributeError::Unsupported(_))
+        ));
+        assert!(matches!(
+            compile("source.port + 1"),
+            Err(AttributeError::Unsupported(_))
+        ));
         let e = compile("source.").unwrap_err();
-        assert!(e.to_string().starts_with("Unable to parse descriptor expression: INVALID_ARGUMENT"), "{e}");
-        assert!(matches!(compile("filter_state['x"), Err(AttributeError::Parse(_))));
+        assert!(
+            e.to_string()
+                .starts_with("Unable to parse descriptor expression: INVALID_ARGUMENT"),
+            "{e}"
+        );
+        assert!(matches!(
+            compile("filter_state['x"),
+            Err(AttributeError::Parse(_))
+        ));
         assert_eq!(compile_all(&["a.b".into(), "f(".into()]).unwrap_err().0, 1);
     }
 }

@@ -49,23 +49,33 @@ pub mod value {
 
     /// A string value.
     pub fn string(s: impl Into<String>) -> Value {
-        Value { kind: Some(Kind::StringValue(s.into())) }
+        Value {
+            kind: Some(Kind::StringValue(s.into())),
+        }
     }
     /// A number value.
     pub fn number(n: f64) -> Value {
-        Value { kind: Some(Kind::NumberValue(n)) }
+        Value {
+            kind: Some(Kind::NumberValue(n)),
+        }
     }
     /// A bool value.
     pub fn boolean(b: bool) -> Value {
-        Value { kind: Some(Kind::BoolValue(b)) }
+        Value {
+            kind: Some(Kind::BoolValue(b)),
+        }
     }
     /// A struct value.
     pub fn structure(s: Struct) -> Value {
-        Value { kind: Some(Kind::StructValue(s)) }
+        Value {
+            kind: Some(Kind::StructValue(s)),
+        }
     }
     /// A Struct from `(key, value)` pairs.
     pub fn fields<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Struct {
-        Struct { fields: pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
+        Struct {
+            fields: pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
     }
 }
 
@@ -91,7 +101,9 @@ mod tests {
         assert_eq!(md.forward(&["ns".into()], &[]), None);
         md.merge("ns", fields([("k", boolean(true))]));
         md.merge("other", fields([("k", boolean(true))]));
-        let out = md.forward(&["ns".into(), "absent".into()], &["ns".into()]).unwrap();
+        let out = md
+            .forward(&["ns".into(), "absent".into()], &["ns".into()])
+            .unwrap();
         assert_eq!(out.filter_metadata.keys().collect::<Vec<_>>(), ["ns"]);
         assert!(out.typed_filter_metadata.is_empty());
     }

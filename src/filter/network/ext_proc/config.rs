@@ -97,7 +97,10 @@ pub struct Settings {
 
 /// Validates the config in Envoy's order (proto constraints, then the factory's checks) and
 /// returns the settings and the gRPC service.
-pub fn validate(cfg: NetworkExternalProcessor, path: &str) -> Result<(Settings, GrpcService), ConfigError> {
+pub fn validate(
+    cfg: NetworkExternalProcessor,
+    path: &str,
+) -> Result<(Settings, GrpcService), ConfigError> {
     let NetworkExternalProcessor {
         grpc_service,
         failure_mode_allow,
@@ -114,9 +117,16 @@ pub fn validate(cfg: NetworkExternalProcessor, path: &str) -> Result<(Settings, 
         ));
     }
     let message_timeout = parse_timeout(message_timeout, &format!("{path}.message_timeout"))?;
-    let grpc_service = grpc_service
-        .ok_or_else(|| ConfigError::new(format!("{path}.grpc_service"), "A grpc_service must be configured"))?;
-    let ProcessingMode { process_read, process_write } = processing_mode.unwrap_or_default();
+    let grpc_service = grpc_service.ok_or_else(|| {
+        ConfigError::new(
+            format!("{path}.grpc_service"),
+            "A grpc_service must be configured",
+        )
+    })?;
+    let ProcessingMode {
+        process_read,
+        process_write,
+    } = processing_mode.unwrap_or_default();
     let process_read = process_read.unwrap_or(DataSendMode::Streamed) == DataSendMode::Streamed;
     let process_write = process_write.unwrap_or(DataSendMode::Streamed) == DataSendMode::Streamed;
     if !process_read && !process_write {
@@ -125,14 +135,24 @@ pub fn validate(cfg: NetworkExternalProcessor, path: &str) -> Result<(Settings, 
             "both read and write paths are skipped, at least one must be enabled.",
         ));
     }
-    let MetadataOptions { forwarding_namespaces, receiving_namespaces } = metadata_options.unwrap_or_default();
-    let Namespaces { untyped: forward_untyped, typed: forward_typed } = forwarding_namespaces.unwrap_or_default();
-    let Namespaces { untyped: receive_untyped, typed: receive_typed } = receiving_namespaces.unwrap_or_default();
+    let MetadataOptions {
+        forwarding_namespaces,
+        receiving_namespaces,
+    } = metadata_options.unwrap_or_default();
+    let Namespaces {
+        untyped: forward_untyped,
+        typed: forward_typed,
+    } = forwarding_namespaces.unwrap_or_default();
+    let Namespaces {
+        untyped: receive_untyped,
+        typed: receive_typed,
+    } = receiving_namespaces.unwrap_or_default();
     if !receive_typed.is_empty() {
         tracing::warn!(path, "receiving_namespaces.typed is ignored: receiving typed metadata is not supported (as in Envoy)");
     }
-    let attributes = attributes::compile_all(&connection_attributes)
-        .map_err(|(i, e)| ConfigError::new(format!("{path}.connection_attributes[{i}]"), e.to_string()))?;
+    let attributes = attributes::compile_all(&connection_attributes).map_err(|(i, e)| {
+        ConfigError::new(format!("{path}.connection_attributes[{i}]"), e.to_string())
+    })?;
     Ok((
         Settings {
             failure_mode_allow,
@@ -148,19 +168,28 @@ pub fn validate(cfg: NetworkExternalProcessor, path: &str) -> Result<(Settings, 
     ))
 }
 
-fn parse_timeout(raw: Option<serde_json::Value>, path: &str) -> Result<Option<std::time::Duration>, ConfigError> {
+fn parse_timeout(
+    raw: Option<serde_json::Value>,
+    path: &str,
+) -> Result<Option<std::time::Duration>, ConfigError> {
     let range = || {
         ConfigError::new(
             path,
             "Proto constraint validation failed (NetworkExternalProcessorValidationError.MessageTimeout: value must be inside range [0s, 1h0m0s])",
         )
     };
-    let Some(raw) = raw else { return Ok(Some(DEFAULT_MESSAGE_TIMEOUT)) };
+    let Some(raw) = raw else {
+        return Ok(Some(DEFAULT_MESSAGE_TIMEOUT));
+    };
     let negative = match &raw {
         serde_json::Value::String(s) => s.trim_start().starts_with('-'),
         serde_json::Value::Object(o) => {
-            o.get("seconds").and_then(|v| v.as_i64()).is_some_and(|s| s < 0)
-                || o.get("nanos").and_then(|v| v.as_i64()).is_some_and(|n| n < 0)
+            o.get("seconds")
+                .and_then(|v| v.as_i64())
+                .is_some_and(|s| s < 0)
+                || o.get("nanos")
+                    .and_then(|v| v.as_i64())
+                    .is_some_and(|n| n < 0)
         }
         _ => false,
     };
@@ -205,13 +234,22 @@ mod tests {
         assert!(msg(GRPC).contains("NetworkExternalProcessorValidationError.StatPrefix: value length must be at least 1 characters"));
         assert!(msg(&format!("{GRPC}stat_prefix: ep\nmessage_timeout: 3601s\n"))
             .contains("NetworkExternalProcessorValidationError.MessageTimeout: value must be inside range [0s, 1h0m0s]"));
-        assert!(msg(&format!("{GRPC}stat_prefix: ep\nmessage_timeout: -1s\n")).contains("value must be inside range"));
-        assert_eq!(msg("stat_prefix: ep\n"), "A grpc_service must be configured");
+        assert!(
+            msg(&format!("{GRPC}stat_prefix: ep\nmessage_timeout: -1s\n"))
+                .contains("value must be inside range")
+        );
+        assert_eq!(
+            msg("stat_prefix: ep\n"),
+            "A grpc_service must be configured"
+        );
         assert_eq!(
             msg(&format!("{GRPC}stat_prefix: ep\nprocessing_mode: {{process_read: SKIP, process_write: SKIP}}\n")),
             "both read and write paths are skipped, at least one must be enabled."
         );
-        let e = check(&format!("{GRPC}stat_prefix: ep\nconnection_attributes: [source.address, 'f(']\n")).unwrap_err();
+        let e = check(&format!(
+            "{GRPC}stat_prefix: ep\nconnection_attributes: [source.address, 'f(']\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.path, "tc.connection_attributes[1]");
         let e = check(&format!("{GRPC}stat_prefix: ep\nbogus: 1\n")).unwrap_err();
         assert_eq!(e.path, "tc.bogus");

@@ -57,18 +57,22 @@ impl Filter {
 }
 
 /// Builds the filter from its typed config.
-pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<Arc<Filter>, ConfigError> {
+pub fn build(
+    any: &RawAny,
+    path: &str,
+    ctx: &super::BuildContext<'_>,
+) -> Result<Arc<Filter>, ConfigError> {
     let cfg: config::NetworkExternalProcessor = crate::config::decode_any(any, path)?;
     let stat_prefix = cfg.stat_prefix.clone();
     let (settings, grpc_service) = config::validate(cfg, path)?;
     let gpath = format!("{path}.grpc_service");
     let envoy_grpc = grpc_service.envoy_grpc(&gpath)?;
     let target = match ctx.clusters.get(&envoy_grpc.cluster_name) {
-        Some(cluster) => Target::Cluster(
-            cluster
-                .grpc_channel(&envoy_grpc.authority)
-                .map_err(|e| ConfigError::new(format!("{gpath}.envoy_grpc.cluster_name"), e.to_string()))?,
-        ),
+        Some(cluster) => {
+            Target::Cluster(cluster.grpc_channel(&envoy_grpc.authority).map_err(|e| {
+                ConfigError::new(format!("{gpath}.envoy_grpc.cluster_name"), e.to_string())
+            })?)
+        }
         None => Target::Missing(envoy_grpc.cluster_name.clone()),
     };
     Ok(Arc::new(Filter {

@@ -32,7 +32,9 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::network_ext_proc::v3::processing_response::{
     ConnectionStatus, DataProcessedStatus,
 };
-use envoy_types::pb::envoy::service::network_ext_proc::v3::{Data, ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::envoy::service::network_ext_proc::v3::{
+    Data, ProcessingRequest, ProcessingResponse,
+};
 use envoy_types::pb::google::protobuf::value::Kind;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -221,7 +223,10 @@ impl ExtProcState {
             }
         }
         // The one copy on the way out: prost's `bytes` fields are `Vec<u8>`.
-        let data = Some(Data { data: chunk.data.to_vec(), end_of_stream: chunk.end_of_stream });
+        let data = Some(Data {
+            data: chunk.data.to_vec(),
+            end_of_stream: chunk.end_of_stream,
+        });
         match d {
             Direction::Read => {
                 req.read_data = data;
@@ -245,7 +250,9 @@ impl ExtProcState {
     /// returns null, so both the gRPC-error and the open-failure paths run (`connections_closed`
     /// is counted twice when failing closed; `failure_mode_allowed` twice when failing open).
     fn open_failed(&mut self, d: Direction, chunk: Chunk, out: &mut Vec<Action>) {
-        tracing::warn!("network ext_proc: processor cluster not found; cannot open the side stream");
+        tracing::warn!(
+            "network ext_proc: processor cluster not found; cannot open the side stream"
+        );
         self.complete = true;
         self.stream = Stream::Closed;
         self.stats.streams_grpc_error.inc();
@@ -256,12 +263,21 @@ impl ExtProcState {
             self.emit(d, chunk, out);
         } else {
             self.stats.connections_closed.add(2);
-            out.push(Action::CloseConnection(CloseKind::Flush, "ext_proc_stream_error"));
+            out.push(Action::CloseConnection(
+                CloseKind::Flush,
+                "ext_proc_stream_error",
+            ));
         }
     }
 
     /// A response from the processor.
-    pub fn on_response(&mut self, resp: ProcessingResponse, md: &mut DynamicMetadata, now: Instant, out: &mut Vec<Action>) {
+    pub fn on_response(
+        &mut self,
+        resp: ProcessingResponse,
+        md: &mut DynamicMetadata,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if self.complete || self.stream != Stream::Open {
             self.stats.spurious_msgs_received.inc();
             return;
@@ -272,7 +288,10 @@ impl ExtProcState {
             Ok(ConnectionStatus::Close) => Some(CloseKind::Flush),
             Ok(ConnectionStatus::CloseRst) => Some(CloseKind::Reset),
             Err(_) => {
-                tracing::warn!(status = resp.connection_status, "network ext_proc: unknown connection_status, continuing");
+                tracing::warn!(
+                    status = resp.connection_status,
+                    "network ext_proc: unknown connection_status, continuing"
+                );
                 None
             }
         };
@@ -339,7 +358,14 @@ impl ExtProcState {
         true
     }
 
-    fn inject(&mut self, d: Direction, data: Data, unmodified: bool, now: Instant, out: &mut Vec<Action>) {
+    fn inject(
+        &mut self,
+        d: Direction,
+        data: Data,
+        unmodified: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let timeout = self.settings.message_timeout;
         let dir = self.dir(d);
         let original = dir.pending.pop_front();
@@ -347,14 +373,28 @@ impl ExtProcState {
             dir.in_flight -= o.data.len();
         }
         // Envoy stops the timer here even if chunks remain; extproxy keeps it running (N5).
-        dir.deadline = if dir.pending.is_empty() { None } else { timeout.map(|t| now + t) };
-        let Data { data, end_of_stream } = data;
+        dir.deadline = if dir.pending.is_empty() {
+            None
+        } else {
+            timeout.map(|t| now + t)
+        };
+        let Data {
+            data,
+            end_of_stream,
+        } = data;
         let bytes = match original {
             // N1: `UNMODIFIED` without data means "forward what I was sent".
             Some(o) if unmodified && data.is_empty() => o.data,
             _ => Bytes::from(data),
         };
-        self.emit(d, Chunk { data: bytes, end_of_stream }, out);
+        self.emit(
+            d,
+            Chunk {
+                data: bytes,
+                end_of_stream,
+            },
+            out,
+        );
     }
 
     /// Forwards a chunk unless the direction already ended (N7: counted and logged).

@@ -6,7 +6,9 @@ use super::state::StreamEnd;
 use crate::config::core::GrpcService;
 use crate::filter::common::side_stream;
 use envoy_types::pb::envoy::service::network_ext_proc::v3::network_external_processor_client::NetworkExternalProcessorClient;
-use envoy_types::pb::envoy::service::network_ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::envoy::service::network_ext_proc::v3::{
+    ProcessingRequest, ProcessingResponse,
+};
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -53,7 +55,8 @@ impl SideStream {
             let end = match channel {
                 None => StreamEnd::Error("UNAVAILABLE: no healthy upstream".into()),
                 Some(channel) => {
-                    let mut client = NetworkExternalProcessorClient::new(channel).max_decoding_message_size(max_message);
+                    let mut client = NetworkExternalProcessorClient::new(channel)
+                        .max_decoding_message_size(max_message);
                     match client.process(request).await {
                         Err(status) => StreamEnd::Error(describe(&status)),
                         Ok(response) => {

@@ -126,7 +126,9 @@ impl Format {
                 tokens.push(Token::Text(rest[..start].to_string()));
             }
             let after = &rest[start + 1..];
-            let end = after.find('%').ok_or_else(|| format!("unterminated command operator in {text:?}"))?;
+            let end = after
+                .find('%')
+                .ok_or_else(|| format!("unterminated command operator in {text:?}"))?;
             let raw = &after[..end];
             // `:N` truncation is accepted and ignored for these short values.
             let op = raw.split_once(')').map_or(raw, |(head, _)| head);
@@ -183,18 +185,33 @@ impl Format {
                 }
                 Token::BytesReceived => r.bytes_received.to_string(),
                 Token::BytesSent => r.bytes_sent.to_string(),
-                Token::Duration => r.start.map_or_else(dash, |s| s.elapsed().as_millis().to_string()),
+                Token::Duration => r
+                    .start
+                    .map_or_else(dash, |s| s.elapsed().as_millis().to_string()),
                 Token::UpstreamHost => r.upstream_host.clone().unwrap_or_else(dash),
-                Token::UpstreamCluster => if r.cluster.is_empty() { dash() } else { r.cluster.clone() },
+                Token::UpstreamCluster => {
+                    if r.cluster.is_empty() {
+                        dash()
+                    } else {
+                        r.cluster.clone()
+                    }
+                }
                 Token::DownstreamRemoteAddress => r.remote.map_or_else(dash, |a| a.to_string()),
                 Token::DownstreamLocalAddress => r.local.map_or_else(dash, |a| a.to_string()),
                 Token::ConnectionId => r.id.to_string(),
-                Token::DownstreamLocalCloseReason => r.downstream_close_reason.clone().unwrap_or_else(dash),
-                Token::UpstreamLocalCloseReason => r.upstream_close_reason.clone().unwrap_or_else(dash),
+                Token::DownstreamLocalCloseReason => {
+                    r.downstream_close_reason.clone().unwrap_or_else(dash)
+                }
+                Token::UpstreamLocalCloseReason => {
+                    r.upstream_close_reason.clone().unwrap_or_else(dash)
+                }
                 Token::DownstreamDetectedCloseType => r.downstream_close_type.to_string(),
                 Token::UpstreamDetectedCloseType => r.upstream_close_type.to_string(),
                 // Envoy writes spaces as `_` in this field.
-                Token::UpstreamTransportFailureReason => r.upstream_failure_reason.as_ref().map_or_else(dash, |s| s.replace(' ', "_")),
+                Token::UpstreamTransportFailureReason => r
+                    .upstream_failure_reason
+                    .as_ref()
+                    .map_or_else(dash, |s| s.replace(' ', "_")),
                 Token::ConnectionTerminationDetails => dash(),
                 Token::DynamicMetadata(ns, key) => match r.metadata.filter_metadata.get(ns) {
                     None => dash(),
@@ -215,7 +232,13 @@ fn struct_json(s: &envoy_types::pb::google::protobuf::Struct) -> String {
     keys.sort();
     let body: Vec<String> = keys
         .into_iter()
-        .map(|k| format!("{}:{}", serde_json::Value::String(k.clone()), value_json(&s.fields[k])))
+        .map(|k| {
+            format!(
+                "{}:{}",
+                serde_json::Value::String(k.clone()),
+                value_json(&s.fields[k])
+            )
+        })
         .collect();
     format!("{{{}}}", body.join(","))
 }
@@ -224,12 +247,23 @@ fn value_json(v: &Value) -> String {
     match &v.kind {
         None | Some(Kind::NullValue(_)) => "null".into(),
         // Protobuf JSON prints integral numbers without a fraction (`3`, not `3.0`).
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 1e15 => format!("{}", *n as i64),
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or_else(|| "null".into(), |n| n.to_string()),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 1e15 => {
+            format!("{}", *n as i64)
+        }
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(*n).map_or_else(|| "null".into(), |n| n.to_string())
+        }
         Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()).to_string(),
         Some(Kind::BoolValue(b)) => b.to_string(),
         Some(Kind::StructValue(s)) => struct_json(s),
-        Some(Kind::ListValue(l)) => format!("[{}]", l.values.iter().map(value_json).collect::<Vec<_>>().join(",")),
+        Some(Kind::ListValue(l)) => format!(
+            "[{}]",
+            l.values
+                .iter()
+                .map(value_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     }
 }
 
@@ -252,36 +286,55 @@ const FILE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 
 impl AccessLog {
     /// Builds the loggers of `access_log`.
-    pub fn build_all(configs: &[AccessLogConfig], path: &str) -> Result<Vec<AccessLog>, ConfigError> {
-        configs.iter().enumerate().map(|(i, c)| AccessLog::build(c, &format!("{path}[{i}]"))).collect()
+    pub fn build_all(
+        configs: &[AccessLogConfig],
+        path: &str,
+    ) -> Result<Vec<AccessLog>, ConfigError> {
+        configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| AccessLog::build(c, &format!("{path}[{i}]")))
+            .collect()
     }
 
     fn build(c: &AccessLogConfig, path: &str) -> Result<AccessLog, ConfigError> {
         let AccessLogConfig { name, typed_config } = c;
         let tpath = format!("{path}.typed_config");
-        let any = typed_config.as_ref().ok_or_else(|| ConfigError::new(&tpath, "typed_config is required"))?;
+        let any = typed_config
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(&tpath, "typed_config is required"))?;
         let ty = cfg::any_type(any, &tpath)?;
-        let (sink, log_format, legacy) = match ty.as_str() {
-            STDOUT => {
-                let StdoutAccessLog { log_format } = cfg::decode_any(any, &tpath)?;
-                (Sink::Stdout, log_format, None)
-            }
-            FILE => {
-                let FileAccessLog { path: file, log_format, format } = cfg::decode_any(any, &tpath)?;
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&file)
-                    .map_err(|e| ConfigError::new(format!("{tpath}.path"), format!("cannot open {file}: {e}")))?;
-                (Sink::File(Mutex::new(f)), log_format, format)
-            }
-            other => {
-                return Err(ConfigError::new(
+        let (sink, log_format, legacy) =
+            match ty.as_str() {
+                STDOUT => {
+                    let StdoutAccessLog { log_format } = cfg::decode_any(any, &tpath)?;
+                    (Sink::Stdout, log_format, None)
+                }
+                FILE => {
+                    let FileAccessLog {
+                        path: file,
+                        log_format,
+                        format,
+                    } = cfg::decode_any(any, &tpath)?;
+                    let f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&file)
+                        .map_err(|e| {
+                            ConfigError::new(
+                                format!("{tpath}.path"),
+                                format!("cannot open {file}: {e}"),
+                            )
+                        })?;
+                    (Sink::File(Mutex::new(f)), log_format, format)
+                }
+                other => return Err(ConfigError::new(
                     format!("{tpath}.@type"),
-                    format!("unsupported access logger {name} ({other}); supported: {STDOUT}, {FILE}"),
-                ))
-            }
-        };
+                    format!(
+                        "unsupported access logger {name} ({other}); supported: {STDOUT}, {FILE}"
+                    ),
+                )),
+            };
         let fpath = format!("{tpath}.log_format");
         let text = match (log_format, legacy) {
             (Some(FormatString { text_format_source: Some(DataSource { inline_string }), text_format: None }), None) => inline_string,
@@ -303,7 +356,10 @@ impl AccessLog {
         let line = self.format.render(r);
         let result = match &self.sink {
             Sink::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-            Sink::File(f) => f.lock().unwrap_or_else(|e| e.into_inner()).write_all(line.as_bytes()),
+            Sink::File(f) => f
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(line.as_bytes()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "access log write failed");
@@ -332,7 +388,10 @@ mod tests {
             downstream_close_type: "LocalReset",
             ..Default::default()
         };
-        r.metadata.merge("epns", value::fields([("k", value::string("v1")), ("n", value::number(3.0))]));
+        r.metadata.merge(
+            "epns",
+            value::fields([("k", value::string("v1")), ("n", value::number(3.0))]),
+        );
         assert_eq!(
             f.render(&r),
             "flags=UF,URX rx=5 tx=0 up=127.0.0.1:1 dr=ext_proc_message_timeout ur=- dt=LocalReset md={\"k\":\"v1\",\"n\":3} k=\"v1\" none=-\n"
@@ -343,6 +402,9 @@ mod tests {
     fn unknown_operators_are_errors() {
         assert!(Format::parse("%REQ(:PATH)%").is_err());
         assert!(Format::parse("%BYTES_SENT").is_err());
-        assert_eq!(Format::parse("plain").unwrap(), Format(vec![Token::Text("plain".into())]));
+        assert_eq!(
+            Format::parse("plain").unwrap(),
+            Format(vec![Token::Text("plain".into())])
+        );
     }
 }

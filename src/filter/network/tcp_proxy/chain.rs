@@ -4,7 +4,9 @@
 
 use crate::filter::common::attributes::ConnectionInfo;
 use crate::filter::common::metadata::DynamicMetadata;
-use crate::filter::network::ext_proc::state::{Action, Chunk, CloseKind, Direction, ExtProcState, OpenError};
+use crate::filter::network::ext_proc::state::{
+    Action, Chunk, CloseKind, Direction, ExtProcState, OpenError,
+};
 use crate::filter::network::ext_proc::stream::{Event, SideStream, Tagged};
 use crate::filter::network::ext_proc::{Filter, Target};
 use std::net::SocketAddr;
@@ -47,14 +49,31 @@ pub struct Chain {
 
 impl Chain {
     /// The chain for a new connection; side-stream events arrive on the returned receiver.
-    pub fn new(filters: &[Arc<Filter>], info: &ConnectionInfo, local: SocketAddr) -> (Self, mpsc::Receiver<Tagged>) {
+    pub fn new(
+        filters: &[Arc<Filter>],
+        info: &ConnectionInfo,
+        local: SocketAddr,
+    ) -> (Self, mpsc::Receiver<Tagged>) {
         // Bounded: a processor flooding responses is slowed by HTTP/2 flow control.
         let (tx, rx) = mpsc::channel(64);
         let slots = filters
             .iter()
-            .map(|f| Slot { filter: f.clone(), state: f.new_connection(info.clone()), stream: None })
+            .map(|f| Slot {
+                filter: f.clone(),
+                state: f.new_connection(info.clone()),
+                stream: None,
+            })
             .collect();
-        (Chain { slots, metadata: DynamicMetadata::default(), events: tx, local, actions: Vec::new() }, rx)
+        (
+            Chain {
+                slots,
+                metadata: DynamicMetadata::default(),
+                events: tx,
+                local,
+                actions: Vec::new(),
+            },
+            rx,
+        )
     }
 
     /// Whether there are any filters at all.
@@ -69,7 +88,14 @@ impl Chain {
     }
 
     /// Hands `chunk` to the filter after `from` in `dir` (or to the socket).
-    fn deliver(&mut self, dir: Direction, from: Option<usize>, chunk: Chunk, now: Instant, fx: &mut Effects) {
+    fn deliver(
+        &mut self,
+        dir: Direction,
+        from: Option<usize>,
+        chunk: Chunk,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
         let n = self.slots.len();
         let next = match (dir, from) {
             (Direction::Read, None) => Some(0),
@@ -86,11 +112,21 @@ impl Chain {
             return;
         };
         let mut actions = std::mem::take(&mut self.actions);
-        let Slot { filter, state, stream } = &mut self.slots[idx];
+        let Slot {
+            filter,
+            state,
+            stream,
+        } = &mut self.slots[idx];
         let open = || match &filter.target {
             Target::Missing(_) => Err(OpenError::ClusterMissing),
             Target::Cluster(channel) => {
-                *stream = Some(SideStream::open(channel.pick(), &filter.grpc_service, self.local, idx, self.events.clone()));
+                *stream = Some(SideStream::open(
+                    channel.pick(),
+                    &filter.grpc_service,
+                    self.local,
+                    idx,
+                    self.events.clone(),
+                ));
                 Ok(())
             }
         };
@@ -128,7 +164,10 @@ impl Chain {
         let mut actions = Vec::new();
         let slot = &mut self.slots[idx];
         match event {
-            Event::Message(resp) => slot.state.on_response(resp, &mut self.metadata, now, &mut actions),
+            Event::Message(resp) => {
+                slot.state
+                    .on_response(resp, &mut self.metadata, now, &mut actions)
+            }
             Event::End(end) => slot.state.on_stream_end(end, &mut actions),
         }
         self.apply(idx, &mut actions, now, fx);

@@ -108,24 +108,45 @@ pub struct Filter {
 }
 
 /// Builds the filter from its typed config.
-pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<Arc<Filter>, ConfigError> {
+pub fn build(
+    any: &RawAny,
+    path: &str,
+    ctx: &super::BuildContext<'_>,
+) -> Result<Arc<Filter>, ConfigError> {
     let cfg: TcpProxyConfig = crate::config::decode_any(any, path)?;
-    let TcpProxyConfig { stat_prefix, cluster, idle_timeout, max_connect_attempts, access_log } = cfg;
+    let TcpProxyConfig {
+        stat_prefix,
+        cluster,
+        idle_timeout,
+        max_connect_attempts,
+        access_log,
+    } = cfg;
     let violation = |field: &str, what: &str| {
-        ConfigError::new(format!("{path}.{field}"), format!("Proto constraint validation failed (TcpProxyValidationError.{what})"))
+        ConfigError::new(
+            format!("{path}.{field}"),
+            format!("Proto constraint validation failed (TcpProxyValidationError.{what})"),
+        )
     };
     if stat_prefix.is_empty() {
-        return Err(violation("stat_prefix", "StatPrefix: value length must be at least 1 characters"));
+        return Err(violation(
+            "stat_prefix",
+            "StatPrefix: value length must be at least 1 characters",
+        ));
     }
     let Some(cluster) = cluster else {
         return Err(violation("cluster", "ClusterSpecifier: value is required"));
     };
     let max_connect_attempts = max_connect_attempts.unwrap_or(1);
     if max_connect_attempts < 1 {
-        return Err(violation("max_connect_attempts", "MaxConnectAttempts: value must be greater than or equal to 1"));
+        return Err(violation(
+            "max_connect_attempts",
+            "MaxConnectAttempts: value must be greater than or equal to 1",
+        ));
     }
     let access_logs = access_log::AccessLog::build_all(&access_log, &format!("{path}.access_log"))?;
-    let idle_timeout = idle_timeout.map_or(Some(DEFAULT_IDLE_TIMEOUT), |d| (!d.get().is_zero()).then_some(d.get()));
+    let idle_timeout = idle_timeout.map_or(Some(DEFAULT_IDLE_TIMEOUT), |d| {
+        (!d.get().is_zero()).then_some(d.get())
+    });
     let cluster = ctx.clusters.get(&cluster).map(|c| {
         let s = |n: &str| ctx.stats.counter(&format!("cluster.{}.{n}", c.name));
         let up = UpstreamStats {

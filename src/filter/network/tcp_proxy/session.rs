@@ -55,7 +55,10 @@ impl Outbound {
         if self.fin {
             // The filters already count and log this (N7); keep the socket consistent.
             if !chunk.data.is_empty() {
-                tracing::debug!(bytes = chunk.data.len(), "tcp_proxy: dropping bytes after FIN");
+                tracing::debug!(
+                    bytes = chunk.data.len(),
+                    "tcp_proxy: dropping bytes after FIN"
+                );
             }
             return;
         }
@@ -70,14 +73,21 @@ impl Outbound {
     fn flush(&mut self, socket: &TcpStream) -> io::Result<usize> {
         let mut written = 0;
         while !self.chunks.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self.chunks.iter().take(64).map(|b| IoSlice::new(b)).collect();
+            let slices: Vec<IoSlice<'_>> = self
+                .chunks
+                .iter()
+                .take(64)
+                .map(|b| IoSlice::new(b))
+                .collect();
             match socket.try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut n) => {
                     written += n;
                     self.bytes -= n;
                     while n > 0 {
-                        let Some(front) = self.chunks.front_mut() else { break };
+                        let Some(front) = self.chunks.front_mut() else {
+                            break;
+                        };
                         if n >= front.len() {
                             n -= front.len();
                             self.chunks.pop_front();
@@ -144,7 +154,10 @@ fn read_available(socket: &TcpStream, room: usize) -> ReadResult {
     if buf.is_empty() && !eof {
         return ReadResult::Nothing;
     }
-    ReadResult::Chunk(Chunk { data: buf.freeze(), end_of_stream: eof })
+    ReadResult::Chunk(Chunk {
+        data: buf.freeze(),
+        end_of_stream: eof,
+    })
 }
 
 /// What woke the session.
@@ -241,7 +254,14 @@ pub(super) async fn run(
     cluster: &Cluster,
     up_stats: &UpstreamStats,
 ) -> SessionEnd {
-    let Connection { stream: down, id, peer, local, buffer_limit, shutdown: _ } = conn;
+    let Connection {
+        stream: down,
+        id,
+        peer,
+        local,
+        buffer_limit,
+        shutdown: _,
+    } = conn;
     // Envoy does not cut tcp_proxy connections when draining; the server's drain timer bounds
     // them, so `shutdown` is not watched here.
     let _active = GaugeGuard::new(&cluster.stats.upstream_cx_active);
@@ -280,7 +300,11 @@ pub(super) async fn run(
     let timer = tokio::time::sleep_until(never);
     tokio::pin!(timer);
     let mut tx_buffered: i64 = 0;
-    let mut report = SessionEnd { downstream_close_type: "Normal", upstream_close_type: "Normal", ..Default::default() };
+    let mut report = SessionEnd {
+        downstream_close_type: "Normal",
+        upstream_close_type: "Normal",
+        ..Default::default()
+    };
 
     let end = loop {
         let now = Instant::now();
@@ -308,7 +332,9 @@ pub(super) async fn run(
             }
         }
         // The gauge is shared by every connection of this tcp_proxy: move it by deltas.
-        stats.downstream_cx_tx_bytes_buffered.add(to_down.bytes as i64 - tx_buffered);
+        stats
+            .downstream_cx_tx_bytes_buffered
+            .add(to_down.bytes as i64 - tx_buffered);
         tx_buffered = to_down.bytes as i64;
         if progressed {
             idle_deadline = filter.idle_timeout.map(|t| now + t);
@@ -346,13 +372,18 @@ pub(super) async fn run(
         let write_room = up_limit
             .min(down_limit.saturating_sub(to_down.bytes))
             .saturating_sub(chain.in_flight(Direction::Write));
-        let read_down = open && !down_eof && down_flow.update(to_up.bytes, up_limit) && read_room > 0;
-        let read_up = open && !up_eof && up_flow.update(to_down.bytes, down_limit) && write_room > 0;
+        let read_down =
+            open && !down_eof && down_flow.update(to_up.bytes, up_limit) && read_room > 0;
+        let read_up =
+            open && !up_eof && up_flow.update(to_down.bytes, down_limit) && write_room > 0;
         // While closing only the flush bound matters (an idle or grace deadline already in the
         // past would otherwise wake the loop at once, again and again).
         let deadline = match closing {
             Some(c) => Some(c),
-            None => [idle_deadline, chain.deadline(), grace].into_iter().flatten().min(),
+            None => [idle_deadline, chain.deadline(), grace]
+                .into_iter()
+                .flatten()
+                .min(),
         };
         let deadline = deadline.unwrap_or(never);
         if timer.deadline() != deadline {
@@ -388,7 +419,10 @@ pub(super) async fn run(
             },
             Wake::UpReadable => match read_available(&up, write_room) {
                 ReadResult::Chunk(chunk) => {
-                    cluster.stats.upstream_cx_rx_bytes_total.add(chunk.data.len() as u64);
+                    cluster
+                        .stats
+                        .upstream_cx_rx_bytes_total
+                        .add(chunk.data.len() as u64);
                     up_eof = chunk.end_of_stream;
                     idle_deadline = filter.idle_timeout.map(|t| now + t);
                     chain.ingress(Direction::Write, chunk, now, &mut fx);
@@ -420,7 +454,11 @@ pub(super) async fn run(
         }
         if let Some((kind, reason)) = fx.close {
             if closing.is_none() {
-                tracing::debug!(conn = id, reason, "tcp_proxy: connection closed by a filter");
+                tracing::debug!(
+                    conn = id,
+                    reason,
+                    "tcp_proxy: connection closed by a filter"
+                );
                 report.downstream_close_reason = Some(reason.to_string());
                 report.upstream_close_reason = Some(reason.to_string());
                 chain.on_connection_closed();
@@ -452,8 +490,14 @@ pub(super) async fn run(
             arm_reset(&down);
             arm_reset(&up);
             let (failed, other) = match side {
-                Side::Downstream => (&mut report.downstream_close_type, &mut report.upstream_close_type),
-                Side::Upstream => (&mut report.upstream_close_type, &mut report.downstream_close_type),
+                Side::Downstream => (
+                    &mut report.downstream_close_type,
+                    &mut report.upstream_close_type,
+                ),
+                Side::Upstream => (
+                    &mut report.upstream_close_type,
+                    &mut report.downstream_close_type,
+                ),
             };
             *failed = "RemoteReset";
             *other = "LocalReset";
