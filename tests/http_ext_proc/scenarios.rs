@@ -257,6 +257,14 @@ fn deny_on_response(_: &mut Ctx, r: &Req) -> Vec<Step> {
     }
 }
 
+fn deny_on_response_body(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    if kind(r) == "sb" {
+        send(immediate(502, "bad body", &[("x-why", "body")], ""))
+    } else {
+        send(continue_for(r))
+    }
+}
+
 fn deny_on_body(_: &mut Ctx, r: &Req) -> Vec<Step> {
     if kind(r) == "rb" {
         send(immediate(418, "teapot", &[], ""))
@@ -731,6 +739,10 @@ pub fn all() -> Vec<Scenario> {
         sc("immediate_on_response", deny_on_response),
         Scenario { filter: "processing_mode: {request_body_mode: BUFFERED}", ..sc("immediate_on_body", deny_on_body) },
         Scenario { filter: "disable_immediate_response: true", ..sc("immediate_disabled", deny) },
+        Scenario {
+            filter: "processing_mode: {response_body_mode: BUFFERED}",
+            ..sc("immediate_on_response_body", deny_on_response_body)
+        },
         sc("empty_message_spurious", empty_message),
         sc("metadata_only_spurious", metadata_only),
         Scenario { filter: "failure_mode_allow: true", ..sc("spurious_fail_open", empty_message) },
