@@ -4,6 +4,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod differential;
+
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::network_ext_proc::v3::network_external_processor_server::{
     NetworkExternalProcessor, NetworkExternalProcessorServer,
