@@ -1,0 +1,130 @@
+//! `latency`: an open-loop, fixed-rate HTTP/1.1 client (wrk2-style). Each connection has its own
+//! schedule (`rate / connections` requests per second); a request's latency runs from its
+//! *scheduled* send time, so a stalled proxy is charged for the requests it delayed (no
+//! coordinated omission).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::h1::Conn;
+
+/// `latency` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Target address.
+    #[arg(long)]
+    target: std::net::SocketAddr,
+    /// Offered load, requests per second (all connections together).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Connections.
+    #[arg(long, default_value_t = 10)]
+    connections: usize,
+    /// Seconds of load before measuring (same rate, samples dropped).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Request path.
+    #[arg(long, default_value = "/")]
+    path: String,
+}
+
+/// Runs the schedule, then prints `{"requests","errors","p50_us","p99_us","p999_us","max_us",..}`.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let connections = args.connections.max(1);
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(Conn::open(args.target).await?);
+    }
+    let interval = Duration::from_secs_f64(connections as f64 / args.rate.max(0.001));
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let end = measure_from + Duration::from_secs_f64(args.duration);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut conn)| {
+            let path = args.path.clone();
+            // Stagger the connections evenly over one interval.
+            let mut next = start + interval.mul_f64(i as f64 / connections as f64);
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut errors = 0u64;
+                let mut broken = false;
+                while next < end {
+                    tokio::time::sleep_until(next).await;
+                    let scheduled = next;
+                    next += interval;
+                    let ok = if broken {
+                        false
+                    } else {
+                        match tokio::time::timeout(Duration::from_secs(10), conn.get(&path)).await {
+                            Ok(Ok(200)) => true,
+                            Ok(Ok(_)) => false,
+                            Ok(Err(_)) | Err(_) => {
+                                broken = true;
+                                false
+                            }
+                        }
+                    };
+                    if scheduled < measure_from {
+                        continue;
+                    }
+                    if ok {
+                        samples.push(scheduled.elapsed().as_micros() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (samples, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (s, e) = t.await?;
+        all.extend(s);
+        errors += e;
+    }
+    all.sort_unstable();
+    let report = serde_json::json!({
+        "requests": all.len() as u64 + errors,
+        "errors": errors,
+        "rate": args.rate,
+        "connections": connections,
+        "p50_us": percentile(&all, 50.0),
+        "p99_us": percentile(&all, 99.0),
+        "p999_us": percentile(&all, 99.9),
+        "max_us": all.last().copied().unwrap_or(0),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// Nearest-rank percentile of sorted samples (0 when empty).
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<u64> = (1..=1000).collect();
+        assert_eq!(percentile(&v, 50.0), 500);
+        assert_eq!(percentile(&v, 99.0), 990);
+        assert_eq!(percentile(&v, 99.9), 999);
+        assert_eq!(percentile(&[7], 99.9), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+}
