@@ -621,3 +621,57 @@ async fn observability_mode_does_not_wait_and_defers_the_close() {
         0
     );
 }
+
+#[tokio::test]
+async fn processor_crash_mid_body_fails_the_request() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    let relay = Relay::start(p.addr).await;
+    // Answers the headers, then holds the body: the connection dies meanwhile.
+    p.script("crash", |_, r| match kind(r) {
+        "rh" => vec![Step::Send(continue_for(r))],
+        _ => vec![Step::Sleep(Duration::from_secs(30))],
+    });
+    let relay_addr =
+        json!({"socket_address": {"address": "127.0.0.1", "port_value": relay.addr.port()}});
+    let yaml = bootstrap(
+        vec![ext_proc(
+            "crash",
+            json!({"message_timeout": "10s", "processing_mode": {"request_body_mode": "STREAMED"}}),
+        )],
+        default_routes(),
+        &up,
+        relay_addr,
+    );
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    let req = tokio::spawn(async move {
+        TestRequest::post("/crash", "")
+            .chunked(&["one", "two"], Duration::from_millis(200))
+            .header("x-echo-mode", "raw")
+            .send(addr, HttpVersion::Http2)
+            .await
+    });
+    for _ in 0..100 {
+        if p.streams("crash")
+            .first()
+            .is_some_and(|s| s.messages.len() >= 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.kill();
+    let resp = req.await.unwrap().unwrap();
+    assert_eq!(resp.status, 500, "{}", resp.text());
+    assert_eq!(
+        proxy.counter("http.ingress.ext_proc.streams_failed").await,
+        1
+    );
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| r.path != "/crash" || r.body != "onetwo"),
+        "the upstream never got a complete body"
+    );
+}

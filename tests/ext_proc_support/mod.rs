@@ -438,3 +438,40 @@ pub fn header(req: &pb::ProcessingRequest, name: &str) -> Option<String> {
 pub fn upper(b: &[u8]) -> Vec<u8> {
     b.to_ascii_uppercase()
 }
+
+/// A TCP relay in front of a processor; [`Relay::kill`] drops every relayed connection at once,
+/// as a processor crash (or a network failure) would.
+pub struct Relay {
+    /// Where proxies connect.
+    pub addr: SocketAddr,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    /// Relays 127.0.0.1:0 to `target`.
+    pub async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
+        let t = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                t.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Relay { addr, tasks }
+    }
+
+    /// Drops every connection (and stops accepting).
+    pub fn kill(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}

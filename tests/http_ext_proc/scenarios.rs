@@ -466,6 +466,10 @@ fn route_switch(_: &mut Ctx, r: &Req) -> Vec<Step> {
     common_on(r, "rh", c)
 }
 
+fn route_switch_no_flag(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    common_on(r, "rh", hm(&[("x-route", "b")], &[]))
+}
+
 fn clear_without_mutation(_: &mut Ctx, r: &Req) -> Vec<Step> {
     common_on(
         r,
@@ -806,6 +810,13 @@ pub fn all() -> Vec<Scenario> {
             ..sc("route_cache_retain", route_switch)
         },
         sc("clear_route_cache_ignored", clear_without_mutation),
+        Scenario {
+            filter: "route_cache_action: CLEAR",
+            routes: r#"[{match: {prefix: "/", headers: [{name: x-route, string_match: {exact: b}}]}, route: {cluster: upstream, prefix_rewrite: "/routed-b"}}, {match: {prefix: "/"}, route: {cluster: upstream}}]"#,
+            request: route_b,
+            ..sc("route_cache_clear_action", route_switch_no_flag)
+        },
+        Scenario { filter: "message_timeout: 0.2s\nfailure_mode_allow: true", settle_ms: 700, ..sc("timeout_on_response_fail_open", slow_response) },
         Scenario {
             filter: "forward_rules: {allowed_headers: {patterns: [{prefix: \":\"}, {exact: x-a}]}, disallowed_headers: {patterns: [{exact: \":scheme\"}]}}",
             ..sc("forward_rules", pass)
