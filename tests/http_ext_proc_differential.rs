@@ -1,7 +1,7 @@
 //! Differential tests: the same bootstrap (one listener per scenario), the same processor and
 //! the same requests through real Envoy 1.40 and through extproxy; normalised observations
 //! (status, headers, body, what the upstream saw, what the processor saw, ext_proc counters)
-//! must match, except for the differences documented in docs/envoy-differences-http-ext-proc.md,
+//! must match, except for the differences documented in docs/envoy-differences.md,
 //! which are asserted explicitly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,7 +1,7 @@
 //! Differential tests: the same bootstrap, processor and client script run once through real
 //! Envoy 1.40 and once through extproxy's binary; what each side received, how each connection
 //! ended (FIN/RST) and the `network_ext_proc.ep.*` counters are compared. Where extproxy
-//! deliberately differs (spec §9.1 N1–N7, docs/envoy-differences-l4.md) the test asserts the
+//! deliberately differs (spec §9.1 N1–N7, docs/envoy-differences.md) the test asserts the
 //! documented difference explicitly.
 
 #![allow(clippy::unwrap_used)]

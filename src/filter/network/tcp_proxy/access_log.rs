@@ -159,7 +159,7 @@ impl Format {
                     };
                     Token::DynamicMetadata(ns, key)
                 }
-                _ => return Err(format!("unsupported command operator %{raw}% (supported by extproxy's tcp_proxy access log: see docs/envoy-differences-l4.md)")),
+                _ => return Err(format!("unsupported command operator %{raw}% (supported by extproxy's tcp_proxy access log: see docs/envoy-differences.md)")),
             });
             rest = &after[end + 1..];
         }
