@@ -105,8 +105,11 @@ pub fn deserialize_enum<'de, D: Deserializer<'de>, E: ProtoEnum>(d: D) -> Result
 
 /// Declares a protobuf enum that deserializes from its proto name or number.
 ///
-/// ```ignore
-/// proto_enum!(LbPolicy "Cluster.LbPolicy" { RoundRobin = ("ROUND_ROBIN", 0), Random = ("RANDOM", 3) });
+/// ```
+/// extproxy::proto_enum!(LbPolicy "Cluster.LbPolicy" { RoundRobin = ("ROUND_ROBIN", 0), Random = ("RANDOM", 3) });
+/// let by_name: LbPolicy = serde_json::from_str("\"RANDOM\"").unwrap();
+/// let by_number: LbPolicy = serde_json::from_str("0").unwrap();
+/// assert_eq!((by_name, by_number), (LbPolicy::Random, LbPolicy::RoundRobin));
 /// ```
 #[macro_export]
 macro_rules! proto_enum {
