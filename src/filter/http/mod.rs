@@ -24,6 +24,11 @@
 //!   through `encode` of filters *i-1 … 0* (those that decoded); one returned by `encode` is sent
 //!   as is. A late abort is sent as is, or resets the stream once the response has started.
 //!
+//! A [`LocalReply`] may carry a streamed body ([`LocalReply::stream`], ext_proc's
+//! `StreamedImmediateResponse`): the HCM then sends the status and headers as given (no
+//! `content-length`, no `content-type`, no gRPC rewriting) and relays the body's data and
+//! trailers frames as they come, in place of `body`.
+//!
 //! Body streams created by filters run after `decode` returned, so they report late failures
 //! through [`StreamContext::abort`]: a local reply if the response has not started, otherwise a
 //! stream reset. The HCM watches that signal for the whole life of the stream.
@@ -70,6 +75,32 @@ pub struct LocalReply {
     pub details: String,
     /// For gRPC requests: answer HTTP 200 trailers-only with this `grpc-status`.
     pub grpc_status: Option<u32>,
+    /// A streamed body (data and trailers frames), sent instead of `body` and without the
+    /// local-reply header defaults (see the module docs).
+    pub stream: Option<LocalBody>,
+}
+
+/// The streamed body of a [`LocalReply`]: a handle shared by the reply's clones, taken once by
+/// the HCM when it renders the reply (the lock is taken once per reply, never per frame).
+#[derive(Clone, Default)]
+pub struct LocalBody(Arc<Mutex<Option<Body>>>);
+
+impl LocalBody {
+    /// Wraps a body.
+    pub fn new(body: Body) -> Self {
+        LocalBody(Arc::new(Mutex::new(Some(body))))
+    }
+
+    /// Takes the body; `None` if it was already taken.
+    pub fn take(&self) -> Option<Body> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for LocalBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalBody")
+    }
 }
 
 impl LocalReply {

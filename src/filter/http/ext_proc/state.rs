@@ -106,6 +106,9 @@ pub enum Action {
     End(Dir),
     /// Answer with a local reply (or reset if the response has started).
     LocalReply(LocalReply),
+    /// Answer with a streamed local reply (`StreamedImmediateResponse`): its body is the
+    /// response direction's output, fed by the `Data` / `Trailers` / `End(Response)` that follow.
+    LocalStream(LocalReply),
     /// The router must match the route again.
     ClearRouteCache,
     /// Write these namespaces into the stream's dynamic metadata.
@@ -249,8 +252,8 @@ pub struct Core {
     fd_seen: bool,
     /// `metadata_context` sent with every message.
     pub metadata_context: core::Metadata,
-    /// A `StreamedImmediateResponse` being received.
-    local_response: Option<LocalReply>,
+    /// A `StreamedImmediateResponse` is being received (its headers went downstream).
+    local_response: bool,
     out: VecDeque<Action>,
 }
 
@@ -275,7 +278,7 @@ impl Core {
             closed: false,
             fd_seen: false,
             metadata_context: core::Metadata::default(),
-            local_response: None,
+            local_response: false,
             out: VecDeque::new(),
         }
     }
@@ -848,7 +851,7 @@ impl Core {
     /// Moves a direction forward after an event or a reply: sends what is ready, forwards
     /// what may go, ends the direction when everything is out.
     fn advance(&mut self, d: Dir) {
-        if self.done || self.local_response.is_some() {
+        if self.done || self.local_response {
             // A streamed local response is being received: the request goes nowhere.
             return;
         }

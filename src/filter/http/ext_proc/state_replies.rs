@@ -83,15 +83,15 @@ impl Core {
     }
 
     /// `StreamedImmediateResponse` (§4.12): allowed in reply to the request headers with body
-    /// mode NONE or FULL_DUPLEX_STREAMED. The local response is collected until it ends, then
-    /// sent as one local reply (extproxy's local replies are not streamed; trailers are
-    /// dropped). Counted in neither `immediate_responses_sent` nor anywhere but
+    /// mode NONE or FULL_DUPLEX_STREAMED. Streamed downstream as Envoy does: the headers go as a
+    /// local reply whose body is the response direction's output, then each body chunk, then
+    /// the optional trailers. Counted in neither `immediate_responses_sent` nor anywhere but
     /// `stream_msgs_received`, as Envoy.
     fn on_streamed_immediate(&mut self, sir: pb::StreamedImmediateResponse) -> Result<(), Failure> {
         use pb::streamed_immediate_response::Response as Sir;
         let finished = match sir.response {
             Some(Sir::HeadersResponse(h)) => {
-                let allowed = self.local_response.is_none()
+                let allowed = !self.local_response
                     && self.req.cb == Callback::Headers
                     && matches!(self.req.mode.body, BodyMode::None | BodyMode::FullDuplex);
                 if !allowed {
@@ -104,57 +104,70 @@ impl Core {
                     details: "ext_proc_local_response".into(),
                     ..Default::default()
                 };
-                for hv in h.headers.map(|m| m.headers).unwrap_or_default() {
-                    let value: &[u8] = if hv.raw_value.is_empty() {
-                        hv.value.as_bytes()
-                    } else {
-                        &hv.raw_value
-                    };
-                    if hv.key == ":status" {
-                        if let Some(code) = std::str::from_utf8(value)
+                for (name, value) in proto_headers(h.headers) {
+                    if name == ":status" {
+                        if let Some(code) = std::str::from_utf8(&value)
                             .ok()
                             .and_then(|v| v.parse::<u16>().ok())
                         {
                             reply.status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
                         }
                     } else if let (Ok(k), Ok(v)) = (
-                        http::header::HeaderName::from_bytes(
-                            hv.key.to_ascii_lowercase().as_bytes(),
-                        ),
-                        http::HeaderValue::from_bytes(value),
+                        http::header::HeaderName::from_bytes(name.as_bytes()),
+                        http::HeaderValue::from_bytes(&value),
                     ) {
                         reply.headers.append(k, v);
                     }
                 }
-                self.local_response = Some(reply);
-                h.end_of_stream
+                if h.end_of_stream {
+                    self.out.push_back(Action::LocalReply(reply));
+                    self.finish_local_response();
+                } else {
+                    self.local_response = true;
+                    self.out.push_back(Action::LocalStream(reply));
+                }
+                return Ok(());
             }
             Some(Sir::BodyResponse(b)) => {
-                let Some(reply) = self.local_response.as_mut() else {
-                    return Err(Failure::Spurious("unhandled message"));
-                };
-                let mut body = BytesMut::from(&reply.body[..]);
-                body.extend_from_slice(&b.body);
-                reply.body = body.freeze();
-                b.end_of_stream
-            }
-            Some(Sir::TrailersResponse(_)) => {
-                if self.local_response.is_none() {
+                if !self.local_response {
                     return Err(Failure::Spurious("unhandled message"));
                 }
+                if !b.body.is_empty() {
+                    self.out.push_back(Action::Data(Dir::Response, b.body.into()));
+                }
+                b.end_of_stream
+            }
+            Some(Sir::TrailersResponse(t)) => {
+                if !self.local_response {
+                    return Err(Failure::Spurious("unhandled message"));
+                }
+                let mut trailers = HeaderMap::new();
+                for (name, value) in proto_headers(Some(t)) {
+                    if let (Ok(k), Ok(v)) = (
+                        http::header::HeaderName::from_bytes(name.as_bytes()),
+                        http::HeaderValue::from_bytes(&value),
+                    ) {
+                        trailers.append(k, v);
+                    }
+                }
+                self.out.push_back(Action::Trailers(Dir::Response, trailers));
                 true
             }
             None => return Err(Failure::Spurious("unhandled message")),
         };
         if finished {
-            if let Some(reply) = self.local_response.take() {
-                self.done = true;
-                self.close();
-                self.stop_timer(Dir::Response);
-                self.out.push_back(Action::LocalReply(reply));
-            }
+            self.out.push_back(Action::End(Dir::Response));
+            self.finish_local_response();
         }
         Ok(())
+    }
+
+    /// The streamed local response is complete: processing ends.
+    fn finish_local_response(&mut self) {
+        self.local_response = false;
+        self.done = true;
+        self.close();
+        self.stop_timer(Dir::Response);
     }
 
     fn apply_metadata(&mut self, md: Option<Struct>) {
@@ -526,6 +539,7 @@ impl Core {
             body: Bytes::from(i.body),
             details: underscore(&i.details),
             grpc_status: i.grpc_status.map(|g| g.status),
+            stream: None,
         };
         self.done = true;
         self.close();
@@ -534,4 +548,18 @@ impl Core {
         self.stats().immediate_responses_sent.inc();
         self.out.push_back(Action::LocalReply(reply));
     }
+}
+
+/// Lower-cased names and values (`raw_value`, else `value`) of a processor's header map.
+fn proto_headers(
+    map: Option<envoy_types::pb::envoy::config::core::v3::HeaderMap>,
+) -> impl Iterator<Item = (String, Vec<u8>)> {
+    map.map(|m| m.headers).unwrap_or_default().into_iter().map(|hv| {
+        let value = if hv.raw_value.is_empty() {
+            hv.value.into_bytes()
+        } else {
+            hv.raw_value
+        };
+        (hv.key.to_ascii_lowercase(), value)
+    })
 }

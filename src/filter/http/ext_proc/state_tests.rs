@@ -92,6 +92,7 @@ fn drain(c: &mut Core) -> Vec<String> {
             Action::Trailers(d, _) => format!("trl:{}", dn(d)),
             Action::End(d) => format!("end:{}", dn(d)),
             Action::LocalReply(r) => format!("reply:{}:{}", r.status.as_u16(), r.details),
+            Action::LocalStream(r) => format!("stream:{}:{}", r.status.as_u16(), r.details),
             Action::ClearRouteCache => "clear".into(),
             Action::Metadata(_) => "md".into(),
             Action::Close => "close".into(),
@@ -646,7 +647,7 @@ fn metadata_only_message_is_spurious_and_receiving_filters() {
 }
 
 #[test]
-fn streamed_immediate_response_is_collected_into_one_local_reply() {
+fn streamed_immediate_response_is_streamed_with_trailers() {
     use pb::streamed_immediate_response::Response as Sir;
     let sir = |x: Sir| {
         resp(Resp::StreamedImmediateResponse(
@@ -682,22 +683,49 @@ fn streamed_immediate_response_is_collected_into_one_local_reply() {
             headers: Some(status),
             ..Default::default()
         })));
+    assert_eq!(
+        drain(&mut t.core),
+        ["stop:req", "stream:203:ext_proc_local_response"]
+    );
     t.core
         .on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse {
             body: b"ab".to_vec(),
             ..Default::default()
         })));
-    assert_eq!(drain(&mut t.core), ["stop:req"]);
+    assert_eq!(drain(&mut t.core), ["data:resp:ab"]);
     t.core
         .on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse {
             body: b"c".to_vec(),
-            end_of_stream: true,
             ..Default::default()
         })));
+    assert_eq!(drain(&mut t.core), ["data:resp:c"]);
+    t.core
+        .on_response(sir(Sir::TrailersResponse(core::HeaderMap::default())));
+    assert_eq!(drain(&mut t.core), ["trl:resp", "end:resp", "close"]);
+    assert_eq!(t.stats.immediate_responses_sent.value(), 0);
+    assert_eq!(t.stats.stream_msgs_received.value(), 4);
+    // Messages after the end are ignored.
+    t.core
+        .on_response(sir(Sir::TrailersResponse(core::HeaderMap::default())));
+    assert!(drain(&mut t.core).is_empty());
+}
+
+#[test]
+fn streamed_immediate_response_headers_only_is_one_reply() {
+    use pb::streamed_immediate_response::Response as Sir;
+    let mut t = t(Mode::default(), |_| {});
+    t.core.on_headers(Dir::Request, req_head(None), true);
+    drain(&mut t.core);
+    t.core.on_response(resp(Resp::StreamedImmediateResponse(
+        pb::StreamedImmediateResponse {
+            response: Some(Sir::HeadersResponse(pb::HttpHeaders {
+                end_of_stream: true,
+                ..Default::default()
+            })),
+        },
+    )));
     assert_eq!(
         drain(&mut t.core),
-        ["close", "reply:203:ext_proc_local_response"]
+        ["stop:req", "reply:200:ext_proc_local_response", "close"]
     );
-    assert_eq!(t.stats.immediate_responses_sent.value(), 0);
-    assert_eq!(t.stats.stream_msgs_received.value(), 3);
 }

@@ -6,7 +6,7 @@
 use super::mutation::Head;
 use super::state::{Action, Core, Dir};
 use crate::config::core::GrpcService;
-use crate::filter::http::{Abort, Body, BoxError, LocalReply, StreamAbort};
+use crate::filter::http::{Abort, Body, BoxError, LocalBody, LocalReply, StreamAbort};
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
@@ -361,6 +361,7 @@ impl Task {
                     }
                 }
                 Action::LocalReply(r) => self.local_reply(r),
+                Action::LocalStream(r) => self.local_stream(r),
                 Action::ClearRouteCache => self.clear_route_cache = true,
                 Action::Metadata(m) => self.metadata.push(m),
                 Action::Close => {
@@ -481,6 +482,17 @@ impl Task {
             }
             io.active = false;
         }
+    }
+
+    /// Starts a streamed local reply: its body is the response direction's output channel, fed
+    /// by the actions that follow. The request direction stops (its body is not read).
+    fn local_stream(&mut self, mut r: LocalReply) {
+        let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
+        r.stream = Some(LocalBody::new(ChannelBody { rx }.boxed_unsync()));
+        self.local_reply(r);
+        let resp = &mut self.io[idx(Dir::Response)];
+        resp.out = Some(tx);
+        resp.active = true;
     }
 
     async fn shutdown(mut self) {

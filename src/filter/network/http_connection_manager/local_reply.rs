@@ -1,7 +1,8 @@
 //! Rendering of [`LocalReply`]: the one place where a locally generated answer becomes a
 //! response, as Envoy's `sendLocalReply` does it (route response headers first, then the reply's
 //! own headers, `content-length`, `content-type: text/plain`), or, for gRPC requests, an HTTP 200
-//! trailers-only response with `grpc-status` and `grpc-message`.
+//! trailers-only response with `grpc-status` and `grpc-message`. A reply with a streamed body
+//! (`LocalReply::stream`) gets only the route's and its own headers, and its body as it comes.
 
 use super::route::RouteEntry;
 use crate::filter::http::{empty_body, full_body, Body, LocalReply};
@@ -36,7 +37,7 @@ pub fn grpc_percent_encode(text: &[u8]) -> String {
 /// Builds the response for a local reply. `route` is the route selected for the request, whose
 /// `response_headers_to_add` apply to local replies too.
 pub fn render(reply: LocalReply, route: Option<&RouteEntry>, is_grpc: bool) -> Response<Body> {
-    let LocalReply { status, headers: extra, body, details: _, grpc_status } = reply;
+    let LocalReply { status, headers: extra, body, details: _, grpc_status, stream } = reply;
     let mut resp = Response::new(empty_body());
     let headers = resp.headers_mut();
     if let Some(r) = route {
@@ -44,6 +45,11 @@ pub fn render(reply: LocalReply, route: Option<&RouteEntry>, is_grpc: bool) -> R
     }
     for (name, value) in &extra {
         headers.append(name.clone(), value.clone());
+    }
+    if let Some(stream) = stream.and_then(|s| s.take()) {
+        *resp.status_mut() = status;
+        *resp.body_mut() = stream;
+        return resp;
     }
     if is_grpc {
         *resp.status_mut() = StatusCode::OK;
@@ -98,6 +104,28 @@ mod tests {
         let resp = render(LocalReply::new(StatusCode::NOT_FOUND, "", "route_not_found"), None, true);
         assert_eq!(resp.headers()["grpc-status"], "12");
         assert!(resp.headers().get("grpc-message").is_none());
+    }
+
+    #[tokio::test]
+    async fn streamed_reply_keeps_headers_and_relays_trailers() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, crate::filter::http::BoxError>>(4);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut reply = LocalReply::new(StatusCode::NON_AUTHORITATIVE_INFORMATION, "ignored", "x");
+        reply.headers.insert("x-local", HeaderValue::from_static("yes"));
+        reply.stream = Some(crate::filter::http::LocalBody::new(body.boxed_unsync()));
+        let resp = render(reply, None, true);
+        assert_eq!(resp.status(), 203);
+        assert_eq!(resp.headers()["x-local"], "yes");
+        assert!(resp.headers().get("content-type").is_none());
+        assert!(resp.headers().get("content-length").is_none());
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-t", HeaderValue::from_static("1"));
+        tx.send(Ok(http_body::Frame::data(bytes::Bytes::from("ab")))).await.unwrap();
+        tx.send(Ok(http_body::Frame::trailers(trailers.clone()))).await.unwrap();
+        drop(tx);
+        let collected = resp.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), "ab");
     }
 
     #[test]
