@@ -160,7 +160,7 @@ impl Store {
         let stats: Vec<serde_json::Value> = self
             .snapshot()
             .into_iter()
-            .filter(|(n, c, v)| !filter.is_some_and(|re| !re.is_match(n)) && !(used_only && *c && *v == 0))
+            .filter(|(n, c, v)| filter.is_none_or(|re| re.is_match(n)) && !(used_only && *c && *v == 0))
             .map(|(name, _, value)| serde_json::json!({"name": name, "value": value}))
             .collect();
         serde_json::json!({ "stats": stats }).to_string()

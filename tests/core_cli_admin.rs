@@ -38,7 +38,7 @@ fn run(bin: &str, args: &[&str]) -> Run {
 
 fn write(dir: &TempDir, name: &str, text: &str) -> String {
     let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
+    std::fs::write(&p, text).expect("write config");
     p.display().to_string()
 }
 
