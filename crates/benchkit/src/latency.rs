@@ -1,7 +1,9 @@
 //! `latency`: an open-loop, fixed-rate HTTP/1.1 client (wrk2-style). Each connection has its own
-//! schedule (`rate / connections` requests per second); a request's latency runs from its
+//! schedule (`rate / connections` requests per second). When a request's turn comes while the
+//! previous response on its connection is still outstanding, its latency runs from its
 //! *scheduled* send time, so a stalled proxy is charged for the requests it delayed (no
-//! coordinated omission).
+//! coordinated omission); otherwise it runs from the actual send, so the client's own timer
+//! lateness (tokio's timer has 1 ms granularity) is not charged.
 
 use std::time::Duration;
 
@@ -58,10 +60,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let mut samples = Vec::new();
                 let mut errors = 0u64;
                 let mut conn = Some(conn);
+                // When the previous response on this connection came back.
+                let mut prev_done = start;
                 while next < end {
                     tokio::time::sleep_until(next).await;
                     let scheduled = next;
                     next += interval;
+                    // Charge the wait to the proxy only when the proxy caused it (the previous
+                    // response was late); tokio's timer wakes up to ~1 ms late, and that lateness
+                    // is the client's, not the proxy's.
+                    let from = if prev_done > scheduled {
+                        scheduled
+                    } else {
+                        Instant::now()
+                    };
                     // A broken connection is replaced (its failed request counts as an error).
                     if conn.is_none() {
                         conn = Conn::open(target).await.ok();
@@ -77,11 +89,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             }
                         },
                     };
+                    prev_done = Instant::now();
                     if scheduled < measure_from {
                         continue;
                     }
                     if ok {
-                        samples.push(scheduled.elapsed().as_micros() as u64);
+                        samples.push(prev_done.duration_since(from).as_micros() as u64);
                     } else {
                         errors += 1;
                     }
