@@ -94,12 +94,16 @@ pub struct HttpProtocolOptions {
 }
 
 /// `config.core.v3.Http1ProtocolOptions` (the accepted subset).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http1ProtocolOptions {
     /// HTTP/1.0 support is not implemented: only `false` is accepted (HTTP/1.0 gets 426).
     #[serde(default)]
     pub accept_http_10: bool,
+    /// Accept `Content-Length` together with `Transfer-Encoding: chunked` (the length is
+    /// dropped); otherwise such a request gets 400.
+    #[serde(default)]
+    pub allow_chunked_length: bool,
 }
 
 /// An `http_filters` entry.

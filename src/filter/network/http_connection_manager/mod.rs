@@ -20,7 +20,9 @@
 
 mod codec;
 pub mod config;
+mod downstream_io;
 pub mod headers;
+mod http1_guard;
 pub mod local_reply;
 pub mod route;
 mod stream;
@@ -69,6 +71,8 @@ pub struct HcmStats {
     downstream_rq_class: [Counter; 5],
     downstream_rq_timeout: Counter,
     downstream_rq_idle_timeout: Counter,
+    downstream_rq_header_timeout: Counter,
+    downstream_rq_failed_path_normalization: Counter,
     downstream_rq_tx_reset: Counter,
 }
 
@@ -102,6 +106,8 @@ impl HcmStats {
             ],
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
+            downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
             downstream_rq_tx_reset: c("downstream_rq_tx_reset"),
         }
     }
@@ -130,6 +136,8 @@ pub struct Filter {
     idle_timeout: Option<Duration>,
     max_request_headers_bytes: usize,
     max_headers_count: usize,
+    /// `http_protocol_options.allow_chunked_length`.
+    allow_chunked_length: bool,
     header_policy: RequestHeaderPolicy,
     always_set_request_id_in_response: bool,
     server_name: HeaderValue,
@@ -179,7 +187,8 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
     if !access_log.is_empty() {
         return Err(ConfigError::new(format!("{path}.access_log"), "access logs are not supported"));
     }
-    if http_protocol_options.as_ref().is_some_and(|o| o.accept_http_10) {
+    let config::Http1ProtocolOptions { accept_http_10, allow_chunked_length } = http_protocol_options.unwrap_or_default();
+    if accept_http_10 {
         return Err(ConfigError::new(format!("{path}.http_protocol_options.accept_http_10"), "HTTP/1.0 is not supported"));
     }
     let route_config = route_config
@@ -284,6 +293,7 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
         idle_timeout,
         max_request_headers_bytes: max_kb as usize * 1024,
         max_headers_count,
+        allow_chunked_length,
         header_policy: RequestHeaderPolicy {
             use_remote_address: use_remote_address.unwrap_or(false),
             xff_num_trusted_hops,

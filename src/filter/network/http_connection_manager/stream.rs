@@ -45,6 +45,8 @@ pub(super) struct ConnShared {
 pub(super) struct OpenStreams {
     /// Streams open now.
     pub count: AtomicUsize,
+    /// Streams opened since the connection started.
+    pub started: AtomicUsize,
     /// Notified when `count` changes.
     pub changed: Notify,
 }
@@ -58,6 +60,7 @@ struct StreamGuard {
 impl StreamGuard {
     fn new(conn: &Arc<ConnShared>) -> Self {
         conn.streams.count.fetch_add(1, Ordering::AcqRel);
+        conn.streams.started.fetch_add(1, Ordering::AcqRel);
         conn.streams.changed.notify_waiters();
         StreamGuard { conn: conn.clone(), _active: GaugeGuard::new(&conn.filter.stats.downstream_rq_active) }
     }
