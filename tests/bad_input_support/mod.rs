@@ -2,6 +2,8 @@
 //! keeps every byte it receives, and the bootstrap they run with.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod h2frames;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -20,6 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Streams the client may reset before the server accepted them, then GOAWAY
+/// `ENHANCE_YOUR_CALM` (h2's default; the rapid-reset mitigation).
+const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the codec may reset for protocol errors before GOAWAY (h2's default).
+const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
 /// Reads until the bytes either diverge from the HTTP/2 preface or complete it. Returns
 /// `(is_h2, bytes read)`, or `None` if the peer closed first.
 async fn sniff(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
@@ -131,6 +137,19 @@ async fn run(stream: TcpStream, prefix: Bytes, is_h2: bool, info: ConnectionInfo
         if let Some(m) = f.http2.max_concurrent_streams {
             b.max_concurrent_streams(m);
         }
+        if let Some(t) = f.http2.header_table_size {
+            b.header_table_size(t);
+        }
+        if let Some(i) = f.http2.keepalive_interval {
+            b.keep_alive_interval(i);
+            if let Some(t) = f.http2.keepalive_timeout {
+                b.keep_alive_timeout(t);
+            }
+        }
+        // Rapid reset (CVE-2023-44487) and streams the codec itself resets are bounded by
+        // h2's limits; set here so that they do not depend on hyper's defaults.
+        b.max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
         drive!(b.serve_connection(io, svc), shutdown, streams, f);
     } else {
         f.stats.downstream_cx_http1_total.inc();

@@ -116,9 +116,80 @@ impl HcmStats {
 /// HTTP/2 codec settings of the downstream side.
 #[derive(Debug, Clone, Copy, Default)]
 struct Http2Settings {
+    header_table_size: Option<u32>,
     max_concurrent_streams: Option<u32>,
     initial_stream_window_size: Option<u32>,
     initial_connection_window_size: Option<u32>,
+    keepalive_interval: Option<Duration>,
+    keepalive_timeout: Option<Duration>,
+}
+
+/// Maps `http2_protocol_options` onto h2's settings; see [`config::Http2ProtocolOptions`] for
+/// the fields accepted because h2 protects the same way, and the ones refused.
+fn http2_settings(o: config::Http2ProtocolOptions, path: &str) -> Result<Http2Settings, ConfigError> {
+    let config::Http2ProtocolOptions {
+        hpack_table_size,
+        max_concurrent_streams,
+        initial_stream_window_size,
+        initial_connection_window_size,
+        allow_connect,
+        allow_metadata,
+        max_outbound_frames: _,         // h2: back-pressure bounds queued frames
+        max_outbound_control_frames: _, // h2: one pending ACK, reading stops until written
+        max_consecutive_inbound_frames_with_empty_payload,
+        max_inbound_priority_frames_per_stream: _, // h2 ignores PRIORITY
+        max_inbound_window_update_frames_per_data_frame_sent: _, // a counter update in h2
+        stream_error_on_invalid_http_messaging,
+        override_stream_error_on_invalid_http_message,
+        custom_settings_parameters,
+        connection_keepalive,
+        use_oghttp2_codec,
+        max_metadata_size,
+    } = o;
+    let unsupported = |field: &str, why: &str| Err(ConfigError::new(format!("{path}.{field}"), why.to_string()));
+    if allow_connect {
+        return unsupported("allow_connect", "extended CONNECT is not supported");
+    }
+    if allow_metadata {
+        return unsupported("allow_metadata", "METADATA frames are not supported");
+    }
+    if max_consecutive_inbound_frames_with_empty_payload.is_some() {
+        return unsupported("max_consecutive_inbound_frames_with_empty_payload", "not supported by the HTTP/2 codec (h2)");
+    }
+    if stream_error_on_invalid_http_messaging.is_some() {
+        return unsupported("stream_error_on_invalid_http_messaging", "not supported by the HTTP/2 codec (h2)");
+    }
+    if override_stream_error_on_invalid_http_message.is_some() {
+        return unsupported("override_stream_error_on_invalid_http_message", "not supported by the HTTP/2 codec (h2)");
+    }
+    if !custom_settings_parameters.is_empty() {
+        return unsupported("custom_settings_parameters", "not supported by the HTTP/2 codec (h2)");
+    }
+    if use_oghttp2_codec.is_some() {
+        return unsupported("use_oghttp2_codec", "extproxy's HTTP/2 codec is h2");
+    }
+    if max_metadata_size.is_some() {
+        return unsupported("max_metadata_size", "METADATA frames are not supported");
+    }
+    let (mut keepalive_interval, mut keepalive_timeout) = (None, None);
+    if let Some(config::KeepaliveSettings { interval, timeout, interval_jitter, connection_idle_interval }) = connection_keepalive {
+        if interval_jitter.is_some() {
+            return unsupported("connection_keepalive.interval_jitter", "not supported");
+        }
+        if connection_idle_interval.is_some() {
+            return unsupported("connection_keepalive.connection_idle_interval", "not supported");
+        }
+        keepalive_interval = interval.map(|d| d.get()).filter(|d| !d.is_zero());
+        keepalive_timeout = timeout.map(|d| d.get());
+    }
+    Ok(Http2Settings {
+        header_table_size: hpack_table_size,
+        max_concurrent_streams,
+        initial_stream_window_size,
+        initial_connection_window_size,
+        keepalive_interval,
+        keepalive_timeout,
+    })
 }
 
 /// The built filter, shared by all connections of a listener.
@@ -272,14 +343,7 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
     }
     let server_name = HeaderValue::from_str(server_name.as_deref().unwrap_or("envoy"))
         .map_err(|_| ConfigError::new(format!("{path}.server_name"), "invalid header value"))?;
-    let http2 = match http2_protocol_options {
-        Some(o) => Http2Settings {
-            max_concurrent_streams: o.max_concurrent_streams,
-            initial_stream_window_size: o.initial_stream_window_size,
-            initial_connection_window_size: o.initial_connection_window_size,
-        },
-        None => Http2Settings::default(),
-    };
+    let http2 = http2_settings(http2_protocol_options.unwrap_or_default(), &format!("{path}.http2_protocol_options"))?;
     let stats = HcmStats::new(ctx.stats, &stat_prefix);
     Ok(Arc::new(Filter {
         stat_prefix: stat_prefix.as_str().into(),
