@@ -405,7 +405,7 @@ impl StreamFilter {
                 .as_ref()
                 .and_then(|g| g.max_receive_message_length)
                 .filter(|n| *n > 0)
-                .map(|n| n as usize);
+                .map_or(usize::MAX, |n| n as usize);
             let target = stream::SideStreamTarget {
                 channel: picked,
                 service,

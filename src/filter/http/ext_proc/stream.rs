@@ -85,8 +85,9 @@ pub struct SideStreamTarget {
     pub service: GrpcService,
     /// Local address of the downstream connection (`x-forwarded-for`).
     pub local: Option<SocketAddr>,
-    /// Largest response message accepted.
-    pub max_receive: Option<usize>,
+    /// Largest response message accepted (`max_receive_message_length`; unlimited when unset,
+    /// as in Envoy, rather than tonic's 4 MiB default).
+    pub max_receive: usize,
 }
 
 /// Handle to a running driver.
@@ -386,10 +387,8 @@ impl Task {
                 &self.target.service,
                 self.target.local,
             );
-            let mut client = ExternalProcessorClient::new(channel);
-            if let Some(max) = self.target.max_receive {
-                client = client.max_decoding_message_size(max);
-            }
+            let mut client = ExternalProcessorClient::new(channel)
+                .max_decoding_message_size(self.target.max_receive);
             let open: OpenFuture = Box::pin(async move { client.process(req).await });
             self.side = Some(Side {
                 tx: Some(tx),
