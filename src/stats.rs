@@ -132,12 +132,13 @@ impl Store {
         self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn snapshot(&self) -> Vec<(String, bool, i64)> {
+    /// Values as Envoy renders them: unsigned (`remaining_cx_pools` starts at `u64::MAX`).
+    fn snapshot(&self) -> Vec<(String, bool, u64)> {
         self.lock()
             .iter()
             .map(|(k, s)| match s {
-                Stat::Counter(c) => (k.clone(), true, c.value() as i64),
-                Stat::Gauge(g) => (k.clone(), false, g.value()),
+                Stat::Counter(c) => (k.clone(), true, c.value()),
+                Stat::Gauge(g) => (k.clone(), false, g.value() as u64),
             })
             .collect()
     }
@@ -169,7 +170,7 @@ impl Store {
     /// Envoy's `/stats/prometheus` text exposition.
     pub fn render_prometheus(&self) -> String {
         // Group by extracted name so each `# TYPE` line is followed by all its series.
-        let mut families: BTreeMap<String, (bool, Vec<(String, i64)>)> = BTreeMap::new();
+        let mut families: BTreeMap<String, (bool, Vec<(String, u64)>)> = BTreeMap::new();
         for (name, is_counter, v) in self.snapshot() {
             let (base, labels) = extract_tags(&name);
             let family = format!("envoy_{}", sanitize(&base));
