@@ -4,6 +4,7 @@
 //! HTTP router's pool) or [`Cluster::grpc_channel`] (ext_proc side streams); both only read
 //! immutable state plus an atomic round-robin index.
 
+pub mod circuit_breaker;
 pub mod config;
 pub mod grpc;
 
@@ -92,6 +93,8 @@ pub struct Cluster {
     pub buffer_limit: usize,
     /// Stats under `cluster.<name>.`.
     pub stats: ClusterStats,
+    /// `circuit_breakers`: the limits the router, tcp_proxy and side streams take from.
+    pub circuit_breakers: circuit_breaker::CircuitBreakers,
     endpoints: Vec<ResolvedAddress>,
     lb_policy: LbPolicy,
     discovery: DiscoveryType,
@@ -119,6 +122,7 @@ impl Cluster {
             typed_extension_protocol_options,
             http2_protocol_options,
             per_connection_buffer_limit_bytes,
+            circuit_breakers,
         } = c;
         if name.is_empty() {
             return Err(ConfigError::new(format!("{path}.name"), "cluster name must not be empty"));
@@ -155,6 +159,7 @@ impl Cluster {
                 .map(|b| b as usize)
                 .unwrap_or(DEFAULT_BUFFER_LIMIT),
             stats: ClusterStats::new(store, name),
+            circuit_breakers: circuit_breaker::CircuitBreakers::build(circuit_breakers.as_ref(), name, path, store)?,
             endpoints,
             lb_policy,
             discovery,

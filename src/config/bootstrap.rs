@@ -150,6 +150,8 @@ pub struct Cluster {
     /// Soft limit on each upstream connection's buffers (default 1 MiB).
     #[serde(default, deserialize_with = "deserialize_opt_u64")]
     pub per_connection_buffer_limit_bytes: Option<u64>,
+    /// Resource limits per priority (Envoy's defaults apply when absent).
+    pub circuit_breakers: Option<crate::cluster::circuit_breaker::CircuitBreakersConfig>,
 }
 
 /// `config.endpoint.v3.ClusterLoadAssignment`.
