@@ -177,6 +177,19 @@ impl Router {
                 pool.stats.response(503);
                 return Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "no_healthy_upstream"));
             }
+            Err(UpstreamError::Overflow(_)) => {
+                // A circuit breaker: Envoy's overflow reply, marked as dropped (`x-envoy-overloaded`).
+                pool.stats.response(503);
+                let mut reply = LocalReply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                    "upstream_reset_before_response_started{overflow}",
+                );
+                if !self.suppress_envoy_headers {
+                    reply.headers.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+                }
+                return Err(reply);
+            }
             Err(e) => {
                 pool.stats.response(503);
                 return Err(LocalReply::new(

@@ -1,7 +1,15 @@
 //! Upstream HTTP connection pools, one per cluster: HTTP/1.1 keeps idle connections for reuse
 //! (one request at a time per connection); HTTP/2 multiplexes every request over one
 //! connection. Connections are made with [`Cluster::connect`] (connect timeout, stats).
+//!
+//! The cluster's circuit breakers apply as in Envoy's pools: a request without a ready
+//! connection is pending (`max_pending_requests`); a connection past `max_connections` is not
+//! made (`upstream_cx_overflow`) and the request waits for one to free up, unless the pool has
+//! no connection at all; every active request holds a `max_requests` unit until its response
+//! ends; the pool itself takes a `max_connection_pools` unit on first use. Overflow is the
+//! router's `503 ... reset reason: overflow` with `x-envoy-overloaded`.
 
+use crate::cluster::circuit_breaker::{Overflow, ResourceGuard};
 use crate::cluster::{Cluster, ConnectError, UpstreamProtocol};
 use crate::filter::http::{Body, BoxError};
 use crate::stats::{Counter, GaugeGuard, Store};
@@ -11,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
@@ -36,6 +45,15 @@ pub enum UpstreamError {
     /// The upstream sent something that is not HTTP.
     #[error("protocol error")]
     ProtocolError,
+    /// A circuit breaker refused the request (Envoy's `overflow` reset reason).
+    #[error("overflow")]
+    Overflow(Overflow),
+}
+
+impl From<Overflow> for UpstreamError {
+    fn from(o: Overflow) -> Self {
+        UpstreamError::Overflow(o)
+    }
 }
 
 impl UpstreamError {
@@ -108,6 +126,13 @@ pub struct Pool {
     /// Response-code stats.
     pub stats: UpstreamStats,
     kind: Kind,
+    /// This pool's `max_connection_pools` unit, taken on first use and kept.
+    counted: OnceLock<ResourceGuard>,
+    /// Connections this pool has open (Envoy's exception to `max_connections`: a pool with none
+    /// may always make one).
+    connections: Arc<AtomicUsize>,
+    /// Woken when a connection goes idle or closes, for requests waiting at `max_connections`.
+    available: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug)]
@@ -119,11 +144,29 @@ enum Kind {
     Http2(tokio::sync::Mutex<Option<http2::SendRequest<Body>>>),
 }
 
-/// A checked-out HTTP/1.1 connection goes back to the pool when its response body ends.
+/// What an active request holds until its response ends: its `max_requests` unit and, for
+/// HTTP/1.1, the connection, which goes back to the pool when the response body ends.
 #[derive(Debug)]
 pub struct Checkout {
-    sender: http1::SendRequest<Body>,
+    sender: Option<http1::SendRequest<Body>>,
     pool: Arc<Pool>,
+    _request: ResourceGuard,
+}
+
+/// Held by a connection's task: gives back the `max_connections` unit and the pool's count,
+/// and wakes a waiting request, when the connection closes.
+#[derive(Debug)]
+struct ConnectionSlot {
+    _cx: ResourceGuard,
+    connections: Arc<AtomicUsize>,
+    available: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+        self.available.notify_one();
+    }
 }
 
 impl Pool {
@@ -133,7 +176,14 @@ impl Pool {
             UpstreamProtocol::Http1 => Kind::Http1(Mutex::new(Vec::new())),
             UpstreamProtocol::Http2 => Kind::Http2(tokio::sync::Mutex::new(None)),
         };
-        Pool { stats: UpstreamStats::new(store, &cluster.name), cluster, kind }
+        Pool {
+            stats: UpstreamStats::new(store, &cluster.name),
+            cluster,
+            kind,
+            counted: OnceLock::new(),
+            connections: Arc::new(AtomicUsize::new(0)),
+            available: Arc::new(tokio::sync::Notify::new()),
+        }
     }
 
     /// The protocol spoken to the endpoints.
@@ -156,29 +206,38 @@ impl Pool {
         self: &Arc<Self>,
         req: http::Request<Body>,
     ) -> Result<(http::Response<Incoming>, Option<Checkout>), UpstreamError> {
-        self.cluster.stats.upstream_rq_total.inc();
+        self.count_pool()?;
+        let breakers = &self.cluster.circuit_breakers;
         match &self.kind {
-            Kind::Http1(idle) => {
+            Kind::Http1(_) => {
                 let mut req = req;
+                let mut counted = false;
                 // A reused connection may have been closed by the upstream just now; hyper then
                 // hands the request back unsent, and it is safe to retry on a new connection.
                 loop {
-                    let reused = loop {
-                        let Some(mut s) = idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break None };
-                        if s.is_closed() {
-                            continue;
-                        }
-                        if s.ready().await.is_ok() {
-                            break Some(s);
+                    let (mut sender, fresh) = match self.pop_idle().await {
+                        Some(s) => (s, false),
+                        None => {
+                            let _pending = breakers.pending()?;
+                            self.wait_http1().await?
                         }
                     };
-                    let fresh = reused.is_none();
-                    let mut sender = match reused {
-                        Some(s) => s,
-                        None => self.connect_http1().await?,
+                    let request = match breakers.request() {
+                        Ok(r) => r,
+                        Err(o) => {
+                            self.make_idle(sender);
+                            return Err(o.into());
+                        }
                     };
+                    if !counted {
+                        counted = true;
+                        self.cluster.stats.upstream_rq_total.inc();
+                    }
                     match sender.try_send_request(req).await {
-                        Ok(resp) => return Ok((resp, Some(Checkout { sender, pool: self.clone() }))),
+                        Ok(resp) => {
+                            let checkout = Checkout { sender: Some(sender), pool: self.clone(), _request: request };
+                            return Ok((resp, Some(checkout)));
+                        }
                         Err(mut e) => match e.take_message() {
                             Some(back) if !fresh => req = back,
                             _ => return Err(UpstreamError::from_hyper(e.error())),
@@ -187,25 +246,109 @@ impl Pool {
                 }
             }
             Kind::Http2(shared) => {
-                let mut sender = {
-                    let mut slot = shared.lock().await;
-                    match slot.as_ref() {
-                        Some(s) if !s.is_closed() => s.clone(),
-                        _ => {
-                            let s = self.connect_http2().await?;
-                            *slot = Some(s.clone());
-                            s
-                        }
+                // While another request connects, this one is pending too.
+                let mut pending = None;
+                let mut slot = match shared.try_lock() {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        pending = Some(breakers.pending()?);
+                        shared.lock().await
                     }
                 };
+                let mut sender = match slot.as_ref() {
+                    Some(s) if !s.is_closed() => s.clone(),
+                    _ => {
+                        if pending.is_none() {
+                            pending = Some(breakers.pending()?);
+                        }
+                        let s = self.connect_http2().await?;
+                        *slot = Some(s.clone());
+                        s
+                    }
+                };
+                drop(slot);
+                drop(pending);
+                let request = breakers.request()?;
+                self.cluster.stats.upstream_rq_total.inc();
                 sender.ready().await.map_err(|e| UpstreamError::from_hyper(&e))?;
                 let resp = sender.send_request(req).await.map_err(|e| UpstreamError::from_hyper(&e))?;
-                Ok((resp, None))
+                Ok((resp, Some(Checkout { sender: None, pool: self.clone(), _request: request })))
             }
         }
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    /// Takes this pool's `max_connection_pools` unit on first use.
+    fn count_pool(&self) -> Result<(), Overflow> {
+        if self.counted.get().is_none() {
+            // Two first requests may both take a unit; the loser's drops at once.
+            let _ = self.counted.set(self.cluster.circuit_breakers.pool()?);
+        }
+        Ok(())
+    }
+
+    /// Puts an HTTP/1.1 connection back for the next request.
+    fn make_idle(&self, sender: http1::SendRequest<Body>) {
+        if let Kind::Http1(idle) = &self.kind {
+            if !sender.is_closed() {
+                idle.lock().unwrap_or_else(|e| e.into_inner()).push(sender);
+                self.available.notify_one();
+            }
+        }
+    }
+
+    /// An idle HTTP/1.1 connection that is still usable.
+    async fn pop_idle(&self) -> Option<http1::SendRequest<Body>> {
+        let Kind::Http1(idle) = &self.kind else { return None };
+        loop {
+            let mut s = idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if !s.is_closed() && s.ready().await.is_ok() {
+                return Some(s);
+            }
+        }
+    }
+
+    /// A connection for a pending HTTP/1.1 request: a new one while `max_connections` allows
+    /// (or the pool has none), otherwise the next one to go idle. `true` = freshly connected.
+    async fn wait_http1(&self) -> Result<(http1::SendRequest<Body>, bool), UpstreamError> {
+        let mut counted_overflow = false;
+        loop {
+            let notified = self.available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(s) = self.pop_idle().await {
+                return Ok((s, false));
+            }
+            match self.connection_slot(!counted_overflow) {
+                Some(slot) => return Ok((self.connect_http1(slot).await?, true)),
+                None => {
+                    counted_overflow = true;
+                    notified.await;
+                }
+            }
+        }
+    }
+
+    /// A `max_connections` unit for a new connection; counts `upstream_cx_overflow` (when
+    /// `count` is set) at the limit, and goes past it if this pool has no connection at all.
+    fn connection_slot(&self, count: bool) -> Option<ConnectionSlot> {
+        let cx = &self.cluster.circuit_breakers.default.connections;
+        let guard = match cx.try_acquire() {
+            Some(g) => g,
+            None => {
+                if count {
+                    self.cluster.circuit_breakers.stats.upstream_cx_overflow.inc();
+                }
+                if self.connections.load(Ordering::Acquire) > 0 {
+                    return None;
+                }
+                cx.acquire_anyway()
+            }
+        };
+        self.connections.fetch_add(1, Ordering::AcqRel);
+        Some(ConnectionSlot { _cx: guard, connections: self.connections.clone(), available: self.available.clone() })
+    }
+
+    async fn connect_http1(&self, slot: ConnectionSlot) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let io = self.connect().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
@@ -214,12 +357,17 @@ impl Pool {
         let active = self.cluster.stats.upstream_cx_active.clone();
         tokio::spawn(async move {
             let _active = GaugeGuard::new(&active);
+            let _slot = slot;
             let _ = conn.await;
         });
         Ok(sender)
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let Some(slot) = self.connection_slot(true) else {
+            // Unreachable: this pool has no open connection when it connects, so it may.
+            return Err(UpstreamError::Overflow(Overflow::Connections));
+        };
         let io = self.connect().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -230,6 +378,7 @@ impl Pool {
         let active = self.cluster.stats.upstream_cx_active.clone();
         tokio::spawn(async move {
             let _active = GaugeGuard::new(&active);
+            let _slot = slot;
             let _ = conn.await;
         });
         Ok(sender)
@@ -239,12 +388,9 @@ impl Pool {
 impl Checkout {
     /// Returns the connection to the pool (called when the response body ended cleanly).
     fn release(self) {
-        let Checkout { sender, pool } = self;
-        if sender.is_closed() {
-            return;
-        }
-        if let Kind::Http1(idle) = &pool.kind {
-            idle.lock().unwrap_or_else(|e| e.into_inner()).push(sender);
+        let Checkout { sender, pool, _request } = self;
+        if let Some(sender) = sender {
+            pool.make_idle(sender);
         }
     }
 }
