@@ -202,6 +202,18 @@ async fn connect_and_run(
         return;
     };
     record.cluster = cluster.name.clone();
+    // Circuit breakers, as Envoy's tcp_proxy and TCP pool take them: a connection (checked
+    // first), pending while connecting, a request while proxying. Overflow closes downstream.
+    let breakers = &cluster.circuit_breakers;
+    let Ok(_connection) = breakers.connection() else {
+        record.response_flags.push("UO");
+        tracing::debug!(conn = conn.id, "tcp_proxy: max_connections reached; closing");
+        return;
+    };
+    let Ok(pending) = breakers.pending() else {
+        record.response_flags.push("UO");
+        return;
+    };
     // Downstream bytes stay unread until the upstream is connected (Envoy's IMMEDIATE mode), so
     // a failed connect closes a socket with unread data: the client sees RST, as with Envoy.
     let mut attempts = 0;
@@ -221,6 +233,11 @@ async fn connect_and_run(
                 }
             }
         }
+    };
+    drop(pending);
+    let Ok(_request) = breakers.request() else {
+        record.response_flags.push("UO");
+        return;
     };
     record.upstream_host = upstream.peer_addr().ok().map(|a| a.to_string());
     let end = session::run(conn, upstream, ext_proc, filter, cluster, up_stats).await;
