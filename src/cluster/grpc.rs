@@ -4,13 +4,23 @@
 //! shared connection, never a TCP connection of its own. Each endpoint gets one lazily-connected
 //! HTTP/2 connection per worker thread, picked round-robin, so streams spread over connections
 //! (and cores) and no single connection's `SETTINGS_MAX_CONCURRENT_STREAMS` caps the proxy.
+//!
+//! Each stream is a request on the cluster, as in Envoy: it holds a `max_requests` unit of the
+//! cluster's circuit breakers until it ends ([`SideChannel`]); at the limit the call ends at once
+//! with Envoy's answer, `UNAVAILABLE: upstream connect error or disconnect/reset before headers.
+//! reset reason: overflow`, which the ext_proc filters treat as any stream error.
 
+use super::circuit_breaker::{CircuitBreakers, ResourceGuard};
 use super::{Cluster, UpstreamProtocol};
 use crate::config::core::ResolvedAddress;
 use crate::config::ConfigError;
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use tonic::transport::{Channel, Endpoint};
 
 /// A pool of HTTP/2 connections to a processor cluster. Cheap to clone.
@@ -25,6 +35,10 @@ struct Pool {
     next: AtomicUsize,
     /// The cluster the streams go to, for error details and stats.
     cluster: String,
+    /// The cluster's limits.
+    breakers: Arc<CircuitBreakers>,
+    /// This pool's `max_connection_pools` unit, taken by the first stream.
+    counted: OnceLock<ResourceGuard>,
 }
 
 impl GrpcChannel {
@@ -46,18 +60,25 @@ impl GrpcChannel {
             }
         }
         Ok(GrpcChannel {
-            inner: Arc::new(Pool { channels, next: AtomicUsize::new(0), cluster: cluster.name.clone() }),
+            inner: Arc::new(Pool {
+                channels,
+                next: AtomicUsize::new(0),
+                cluster: cluster.name.clone(),
+                breakers: cluster.circuit_breakers.clone(),
+                counted: OnceLock::new(),
+            }),
         })
     }
 
     /// A channel for one new side stream, or `None` if the cluster has no endpoints.
-    pub fn pick(&self) -> Option<Channel> {
+    pub fn pick(&self) -> Option<SideChannel> {
         let n = self.inner.channels.len();
         if n == 0 {
             return None;
         }
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
-        self.inner.channels.get(i).cloned()
+        let channel = self.inner.channels.get(i)?.clone();
+        Some(SideChannel { channel, pool: self.inner.clone() })
     }
 
     /// Name of the cluster behind this channel.
@@ -98,4 +119,89 @@ fn channel(
             }))
         }
     })
+}
+
+/// The channel of one side stream: a tonic channel whose calls hold a `max_requests` unit of
+/// the cluster until the response body is dropped.
+#[derive(Debug, Clone)]
+pub struct SideChannel {
+    channel: Channel,
+    pool: Arc<Pool>,
+}
+
+/// Envoy's local reply to a gRPC call refused by a circuit breaker, as the async client sees it.
+const OVERFLOW_MESSAGE: &str = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+
+impl SideChannel {
+    /// The limits this stream takes: the pool (first stream only) and a request.
+    fn admit(&self) -> Option<ResourceGuard> {
+        let pool = &self.pool;
+        if pool.counted.get().is_none() {
+            let _ = pool.counted.set(pool.breakers.pool().ok()?);
+        }
+        pool.breakers.request().ok()
+    }
+}
+
+/// A trailers-only `UNAVAILABLE` response (what Envoy's router answers a gRPC call on overflow).
+fn overflow_response() -> http::Response<GuardedBody> {
+    let mut resp = http::Response::new(GuardedBody { inner: tonic::body::Body::empty(), _request: None });
+    let headers = resp.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", http::HeaderValue::from(tonic::Code::Unavailable as i32));
+    headers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static(OVERFLOW_MESSAGE),
+    );
+    resp
+}
+
+type CallFuture = Pin<Box<dyn Future<Output = Result<http::Response<GuardedBody>, tonic::transport::Error>> + Send>>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for SideChannel {
+    type Response = http::Response<GuardedBody>;
+    type Error = tonic::transport::Error;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.channel, cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let Some(request) = self.admit() else {
+            return Box::pin(std::future::ready(Ok(overflow_response())));
+        };
+        let call = tower::Service::call(&mut self.channel, req);
+        Box::pin(async move {
+            let resp = call.await?;
+            Ok(resp.map(|inner| GuardedBody { inner, _request: Some(request) }))
+        })
+    }
+}
+
+/// A side stream's response body; its `max_requests` unit goes back when it is dropped.
+#[derive(Debug)]
+pub struct GuardedBody {
+    inner: tonic::body::Body,
+    _request: Option<ResourceGuard>,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

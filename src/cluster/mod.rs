@@ -94,7 +94,7 @@ pub struct Cluster {
     /// Stats under `cluster.<name>.`.
     pub stats: ClusterStats,
     /// `circuit_breakers`: the limits the router, tcp_proxy and side streams take from.
-    pub circuit_breakers: circuit_breaker::CircuitBreakers,
+    pub circuit_breakers: Arc<circuit_breaker::CircuitBreakers>,
     endpoints: Vec<ResolvedAddress>,
     lb_policy: LbPolicy,
     discovery: DiscoveryType,
@@ -159,7 +159,7 @@ impl Cluster {
                 .map(|b| b as usize)
                 .unwrap_or(DEFAULT_BUFFER_LIMIT),
             stats: ClusterStats::new(store, name),
-            circuit_breakers: circuit_breaker::CircuitBreakers::build(circuit_breakers.as_ref(), name, path, store)?,
+            circuit_breakers: Arc::new(circuit_breaker::CircuitBreakers::build(circuit_breakers.as_ref(), name, path, store)?),
             endpoints,
             lb_policy,
             discovery,

@@ -80,7 +80,7 @@ pub struct Message {
 #[derive(Debug, Clone)]
 pub struct SideStreamTarget {
     /// A channel of the cluster's pool, or `None` if the cluster does not exist.
-    pub channel: Option<tonic::transport::Channel>,
+    pub channel: Option<crate::cluster::grpc::SideChannel>,
     /// The service config, with merged initial metadata.
     pub service: GrpcService,
     /// Local address of the downstream connection (`x-forwarded-for`).

@@ -37,7 +37,7 @@ impl SideStream {
     /// Starts the `Process` call on `channel` (`None`: the cluster has no endpoint, which
     /// reports UNAVAILABLE at once, as Envoy's async client does).
     pub fn open(
-        channel: Option<tonic::transport::Channel>,
+        channel: Option<crate::cluster::grpc::SideChannel>,
         service: &GrpcService,
         local: SocketAddr,
         index: usize,
