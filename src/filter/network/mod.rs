@@ -3,8 +3,10 @@
 //! A chain is zero or more `envoy.filters.network.ext_proc` filters followed by one terminal
 //! filter: `envoy.filters.network.tcp_proxy` (L4 proxying) or
 //! `envoy.filters.network.http_connection_manager` (L7). Filters are a closed set, so the chain
-//! is an enum per slot rather than boxed trait objects.
+//! is an enum per slot rather than boxed trait objects. `envoy.filters.network.connection_limit`
+//! filters may appear anywhere before the terminal filter; they act when a connection starts.
 
+pub mod connection_limit;
 pub mod ext_proc;
 pub mod http_connection_manager;
 pub mod tcp_proxy;
@@ -40,6 +42,8 @@ pub enum Terminal {
 /// A listener's built filter chain.
 #[derive(Debug, Clone)]
 pub struct FilterChain {
+    /// `envoy.filters.network.connection_limit` filters, applied when a connection starts.
+    pub connection_limits: Vec<Arc<connection_limit::Filter>>,
     /// Network ext_proc filters, in config order (read path order; the write path is reversed).
     pub ext_proc: Vec<Arc<ext_proc::Filter>>,
     /// The filter that ends the chain.
@@ -51,6 +55,7 @@ impl FilterChain {
     pub fn build(chain: &cfg::FilterChain, path: &str, ctx: &BuildContext<'_>) -> Result<Self, ConfigError> {
         let cfg::FilterChain { name: _, filters } = chain;
         let mut ext_procs = Vec::new();
+        let mut connection_limits = Vec::new();
         let mut terminal = None;
         for (i, f) in filters.iter().enumerate() {
             let fpath = format!("{path}.filters[{i}]");
@@ -80,6 +85,10 @@ impl FilterChain {
                     expect(ext_proc::TYPE)?;
                     ext_procs.push(ext_proc::build(any, &tpath, ctx)?);
                 }
+                connection_limit::NAME => {
+                    expect(connection_limit::TYPE)?;
+                    connection_limits.push(connection_limit::build(any, &tpath, ctx)?);
+                }
                 tcp_proxy::NAME => {
                     expect(tcp_proxy::TYPE)?;
                     terminal = Some(Terminal::TcpProxy(tcp_proxy::build(any, &tpath, ctx)?));
@@ -97,7 +106,7 @@ impl FilterChain {
                 other => {
                     return Err(ConfigError::new(
                         format!("{fpath}.name"),
-                        format!("unsupported network filter {other} (supported: {}, {}, {})", ext_proc::NAME, tcp_proxy::NAME, http_connection_manager::NAME),
+                        format!("unsupported network filter {other} (supported: {}, {}, {}, {})", connection_limit::NAME, ext_proc::NAME, tcp_proxy::NAME, http_connection_manager::NAME),
                     ))
                 }
             }
@@ -108,11 +117,20 @@ impl FilterChain {
                 "the filter chain must end with envoy.filters.network.tcp_proxy or envoy.filters.network.http_connection_manager",
             )
         })?;
-        Ok(FilterChain { ext_proc: ext_procs, terminal })
+        Ok(FilterChain { connection_limits, ext_proc: ext_procs, terminal })
     }
 
     /// Runs the chain on one accepted connection until it is done.
     pub async fn handle(&self, conn: Connection) {
+        // Slots taken by the limits before a refusal stay held until the refused connection
+        // closes, as in Envoy (each filter counts from its own onNewConnection to the close).
+        let mut _admitted = Vec::with_capacity(self.connection_limits.len());
+        for limit in &self.connection_limits {
+            match limit.admit() {
+                Some(a) => _admitted.push(a),
+                None => return limit.reject(conn).await,
+            }
+        }
         match &self.terminal {
             Terminal::TcpProxy(tp) => tcp_proxy::serve(conn, &self.ext_proc, tp).await,
             Terminal::HttpConnectionManager(hcm) => http_connection_manager::serve(conn, hcm).await,
