@@ -1,0 +1,352 @@
+//! Resource limits through real listeners: cluster `circuit_breakers` in the router's pool,
+//! tcp_proxy and ext_proc side streams; the connection_limit network filter; 1,000 concurrent
+//! connections through ext_proc with the defaults; and differential runs against Envoy 1.40.
+#![allow(clippy::unwrap_used)]
+
+#[path = "http_support/mod.rs"]
+mod http_support;
+#[path = "limits_support/mod.rs"]
+mod limits_support;
+
+use http_support::TestProxy;
+use limits_support::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use testenv::{HttpVersion, ProxyProcess, TestRequest, TestResponse};
+use tokio::net::TcpStream;
+
+const CB: &str = "cluster.upstream.circuit_breakers.default";
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> TestResponse {
+    TestRequest::get(path).send(addr, HttpVersion::Http1).await.unwrap()
+}
+
+#[tokio::test]
+async fn router_overflow_is_envoys_503_and_counts() {
+    let up = HeldUpstream::start().await;
+    let yaml = http_yaml(up.addr.port(), "max_connections: 1, max_pending_requests: 1, track_remaining: true", None);
+    let proxy = TestProxy::start(&yaml).await;
+    let addr = proxy.addr("http");
+    let stat = |n: &str| proxy.stat(&format!("{CB}.{n}"));
+    assert_eq!((stat("remaining_cx"), stat("remaining_pending"), stat("remaining_rq")), (1, 1, 1024));
+
+    // A holds the only connection; B waits for it (pending); C finds the pending queue full.
+    let a = tokio::spawn(get(addr, "/a"));
+    up.wait_arrived(1).await;
+    let b = tokio::spawn(get(addr, "/b"));
+    proxy.wait_stat("cluster.upstream.upstream_cx_overflow", 1).await;
+    assert_eq!((stat("cx_open"), stat("rq_pending_open"), stat("rq_open")), (1, 1, 0));
+    assert_eq!((stat("remaining_cx"), stat("remaining_pending"), stat("remaining_rq")), (0, 0, 1023));
+    let c = get(addr, "/c").await;
+    assert_eq!(c.status, 503);
+    assert_eq!(c.text(), "upstream connect error or disconnect/reset before headers. reset reason: overflow");
+    assert_eq!(c.header("x-envoy-overloaded"), Some("true"));
+    assert_eq!(proxy.stat("cluster.upstream.upstream_rq_pending_overflow"), 1);
+    assert_eq!(proxy.stat("cluster.upstream.upstream_rq_503"), 1);
+
+    up.release(2);
+    assert_eq!(a.await.unwrap().status, 200);
+    assert_eq!(b.await.unwrap().status, 200);
+    assert_eq!(up.arrived(), 2);
+    assert_eq!(up.connections(), 1, "B reused A's connection");
+    until("pending and request gauges back", || stat("rq_pending_open") == 0 && stat("remaining_pending") == 1 && stat("remaining_rq") == 1024).await;
+    // The connection stays open for reuse, so the connection breaker stays at its limit (Envoy too).
+    assert_eq!((stat("cx_open"), stat("remaining_cx")), (1, 0));
+    assert_eq!(proxy.stat("cluster.upstream.upstream_cx_overflow"), 1);
+    assert_eq!(proxy.stat("cluster.upstream.upstream_rq_total"), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn suppress_envoy_headers_drops_x_envoy_overloaded() {
+    let up = HeldUpstream::start().await;
+    let yaml = http_yaml(up.addr.port(), "max_connections: 1, max_pending_requests: 1", None).replace(
+        "router.v3.Router}",
+        "router.v3.Router, suppress_envoy_headers: true}",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let addr = proxy.addr("http");
+    let a = tokio::spawn(get(addr, "/a"));
+    up.wait_arrived(1).await;
+    let b = tokio::spawn(get(addr, "/b"));
+    proxy.wait_stat("cluster.upstream.upstream_cx_overflow", 1).await;
+    let c = get(addr, "/c").await;
+    assert_eq!(c.status, 503);
+    assert_eq!(c.header("x-envoy-overloaded"), None);
+    up.release(2);
+    assert_eq!(a.await.unwrap().status, 200);
+    assert_eq!(b.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn tcp_proxy_overflow_closes_the_extra_connection() {
+    let echo = testenv::tcp_echo_upstream().await;
+    let proxy = TestProxy::start(&tcp_yaml(echo.addr().port(), "max_connections: 1, track_remaining: true", None)).await;
+    let addr = proxy.addr("tcp");
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(echo_roundtrip(&mut a, b"one").await, b"one");
+    assert_eq!((proxy.stat(&format!("{CB}.cx_open")), proxy.stat(&format!("{CB}.remaining_cx"))), (1, 0));
+    assert_eq!(proxy.stat(&format!("{CB}.remaining_rq")), 1023, "a proxied connection is also a request");
+
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    expect_closed(&mut b).await;
+    assert_eq!(proxy.stat("cluster.upstream.upstream_cx_overflow"), 1);
+    assert_eq!(proxy.stat("cluster.upstream.upstream_cx_total"), 1, "no upstream connect for the refused one");
+
+    drop(a);
+    until("the connection unit back", || proxy.stat(&format!("{CB}.cx_open")) == 0).await;
+    assert_eq!((proxy.stat(&format!("{CB}.remaining_cx")), proxy.stat(&format!("{CB}.remaining_rq"))), (1, 1024));
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(echo_roundtrip(&mut c, b"three").await, b"three");
+}
+
+/// Side streams at the processor cluster's `max_requests`: the extra request's stream fails to
+/// open, and ext_proc handles that as any stream error.
+async fn side_stream_overflow(fail_open: bool) -> TestResponse {
+    let echo = testenv::echo_http_upstream().await;
+    let processor = HeldProcessor::start(true).await;
+    let ep = ExtProc { port: processor.addr.port(), fail_open, thresholds: "max_requests: 1, track_remaining: true" };
+    let proxy = TestProxy::start(&http_yaml(echo.addr().port(), "", Some(&ep))).await;
+    let addr = proxy.addr("http");
+    let pcb = "cluster.processor.circuit_breakers.default";
+    assert_eq!(proxy.stat(&format!("{pcb}.remaining_rq")), 1);
+
+    let a = tokio::spawn(get(addr, "/a"));
+    until("the first side stream", || processor.started() == 1).await;
+    assert_eq!((proxy.stat(&format!("{pcb}.rq_open")), proxy.stat(&format!("{pcb}.remaining_rq"))), (1, 0));
+    let b = get(addr, "/b").await;
+    assert_eq!(proxy.stat("cluster.processor.upstream_rq_active_overflow"), 1);
+    assert_eq!(processor.started(), 1, "the refused stream never reached the processor");
+
+    processor.release(1);
+    assert_eq!(a.await.unwrap().status, 200);
+    until("the side stream's unit back", || proxy.stat(&format!("{pcb}.rq_open")) == 0).await;
+    assert_eq!(proxy.stat(&format!("{pcb}.remaining_rq")), 1);
+    until("the processor's stream closed", || processor.open() == 0).await;
+    proxy.stop().await;
+    b
+}
+
+#[tokio::test]
+async fn side_stream_overflow_fail_closed_is_500() {
+    let b = side_stream_overflow(false).await;
+    assert_eq!(b.status, 500);
+}
+
+#[tokio::test]
+async fn side_stream_overflow_fail_open_continues() {
+    let b = side_stream_overflow(true).await;
+    assert_eq!(b.status, 200);
+}
+
+#[tokio::test]
+async fn connection_limit_closes_the_extra_connection() {
+    let echo = testenv::tcp_echo_upstream().await;
+    let proxy = TestProxy::start(&tcp_yaml(echo.addr().port(), "", Some("max_connections: 1"))).await;
+    let addr = proxy.addr("tcp");
+    assert_eq!(proxy.stat("connection_limit.cl.active_connections"), 0);
+    assert!(proxy.has_stat("connection_limit.cl.limited_connections"));
+
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(echo_roundtrip(&mut a, b"a").await, b"a");
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(expect_closed(&mut b).await, Closed::Fin);
+    assert_eq!(proxy.stat("connection_limit.cl.limited_connections"), 1);
+    assert_eq!(proxy.stat("connection_limit.cl.active_connections"), 1);
+    assert_eq!(proxy.stat("cluster.upstream.upstream_cx_total"), 1, "the refused connection went nowhere");
+
+    drop(a);
+    until("the slot back", || proxy.stat("connection_limit.cl.active_connections") == 0).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(echo_roundtrip(&mut c, b"c").await, b"c");
+}
+
+#[tokio::test]
+async fn connection_limit_delay_holds_then_closes() {
+    let echo = testenv::tcp_echo_upstream().await;
+    let proxy = TestProxy::start(&tcp_yaml(echo.addr().port(), "", Some("max_connections: 1\ndelay: 0.3s"))).await;
+    let addr = proxy.addr("tcp");
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(echo_roundtrip(&mut a, b"a").await, b"a");
+    let started = std::time::Instant::now();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut b, b"dropped").await.unwrap();
+    assert_eq!(expect_closed(&mut b).await, Closed::Fin, "what the client sent was read, so FIN, not RST");
+    assert!(started.elapsed() >= Duration::from_millis(300), "closed after {:?}", started.elapsed());
+    assert_eq!(proxy.stat("connection_limit.cl.limited_connections"), 1);
+}
+
+#[tokio::test]
+async fn limit_config_errors_name_the_path() {
+    let cases = [
+        (tcp_yaml(1, "", Some("max_connections: 0")), "filters[0].typed_config.max_connections"),
+        (tcp_yaml(1, "", Some("max_connections: 1\nmax_conns: 2")), "filters[0].typed_config"),
+        (tcp_yaml(1, "", Some("delay: 1s")), "filters[0].typed_config.max_connections"),
+        (tcp_yaml(1, "max_connections: 1, retry_budget: {}", None), "clusters[0].circuit_breakers.thresholds[0].retry_budget"),
+        (tcp_yaml(1, "priority: LOW", None), "clusters[0]"),
+    ];
+    for (yaml, path) in cases {
+        let err = match extproxy::config::parse(&yaml) {
+            Err(e) => e.to_string(),
+            Ok(b) => match extproxy::Server::bind(&b, extproxy::Options::default()).await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("accepted:\n{yaml}"),
+            },
+        };
+        assert!(err.contains(path), "{err} should name {path}");
+    }
+    // HIGH thresholds are accepted (and only shown).
+    let yaml = tcp_yaml(1, "priority: HIGH, max_connections: 7, track_remaining: true", None);
+    let proxy = TestProxy::start(&yaml).await;
+    assert_eq!(proxy.stat("cluster.upstream.circuit_breakers.high.remaining_cx"), 7);
+    assert!(!proxy.has_stat(&format!("{CB}.remaining_cx")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_connections_through_ext_proc_with_defaults() {
+    let echo = testenv::echo_http_upstream().await;
+    let processor = HeldProcessor::start(false).await;
+    let ep = ExtProc { port: processor.addr.port(), fail_open: false, thresholds: "" };
+    let proxy = TestProxy::start(&http_yaml(echo.addr().port(), "", Some(&ep))).await;
+    let addr = proxy.addr("http");
+    // Every connection is open (TCP-connected) before any request is sent, so all 1,000 are
+    // concurrent at the proxy.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(addr).await.unwrap();
+                barrier.wait().await;
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                let req = http::Request::get(format!("/r{i}"))
+                    .header("host", "limits.test")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                send.send_request(req).await.map(|r| r.status().as_u16()).unwrap_or(0)
+            })
+        })
+        .collect();
+    let mut statuses = BTreeMap::new();
+    for t in tasks {
+        *statuses.entry(t.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, BTreeMap::from([(200, 1000)]));
+    assert_eq!(processor.started(), 1000);
+    for c in ["upstream", "processor"] {
+        for s in ["upstream_cx_overflow", "upstream_rq_pending_overflow", "upstream_rq_active_overflow"] {
+            assert_eq!(proxy.stat(&format!("cluster.{c}.{s}")), 0, "cluster.{c}.{s}");
+        }
+        until("gauges back to zero", || {
+            ["rq_open", "rq_pending_open", "cx_open"]
+                .iter()
+                .all(|g| proxy.stat(&format!("cluster.{c}.circuit_breakers.default.{g}")) == 0)
+        })
+        .await;
+    }
+    proxy.stop().await;
+}
+
+// === differential: the same YAML through Envoy 1.40 and extproxy's binary ===
+
+async fn start(envoy: bool, yaml: &str) -> ProxyProcess {
+    let p = if envoy {
+        ProxyProcess::envoy(yaml).await
+    } else {
+        ProxyProcess::start(env!("CARGO_BIN_EXE_extproxy").as_ref(), yaml, &[]).await
+    };
+    p.unwrap_or_else(|e| panic!("start (envoy: {envoy}): {e:#}"))
+}
+
+/// The stats whose names match one of `prefixes` (histograms and `remaining_cx_pools`, which
+/// `/stats` parsing cannot hold in an i64, aside).
+async fn stats_with(p: &ProxyProcess, names: &[&str]) -> BTreeMap<String, i64> {
+    let all = p.stats().await;
+    names.iter().map(|n| (n.to_string(), all.get(*n).copied().unwrap_or(-1))).collect()
+}
+
+const ROUTER_STATS: &[&str] = &[
+    "cluster.upstream.circuit_breakers.default.cx_open",
+    "cluster.upstream.circuit_breakers.default.cx_pool_open",
+    "cluster.upstream.circuit_breakers.default.rq_open",
+    "cluster.upstream.circuit_breakers.default.rq_pending_open",
+    "cluster.upstream.circuit_breakers.default.rq_retry_open",
+    "cluster.upstream.circuit_breakers.default.remaining_cx",
+    "cluster.upstream.circuit_breakers.default.remaining_pending",
+    "cluster.upstream.circuit_breakers.default.remaining_rq",
+    "cluster.upstream.circuit_breakers.default.remaining_retries",
+    "cluster.upstream.circuit_breakers.high.cx_open",
+    "cluster.upstream.circuit_breakers.high.rq_open",
+    "cluster.upstream.upstream_cx_overflow",
+    "cluster.upstream.upstream_cx_pool_overflow",
+    "cluster.upstream.upstream_rq_pending_overflow",
+    "cluster.upstream.upstream_rq_active_overflow",
+    "cluster.upstream.upstream_rq_retry_overflow",
+    "cluster.upstream.upstream_rq_503",
+    "cluster.upstream.upstream_rq_total",
+];
+
+/// Router overflow at max_connections 1 / max_pending_requests 1: what A, B, C got, and the
+/// stats while held and after.
+async fn router_overflow_run(envoy: bool) -> (Vec<String>, BTreeMap<String, i64>, BTreeMap<String, i64>) {
+    let up = HeldUpstream::start().await;
+    let yaml = http_yaml(up.addr.port(), "max_connections: 1, max_pending_requests: 1, track_remaining: true", None);
+    let p = start(envoy, &yaml).await;
+    let addr = p.listener_addr("http").await;
+    let a = tokio::spawn(get(addr, "/a"));
+    up.wait_arrived(1).await;
+    let b = tokio::spawn(get(addr, "/b"));
+    p.wait_counter("cluster.upstream.upstream_cx_overflow", 1, WAIT).await;
+    let c = get(addr, "/c").await;
+    let held = stats_with(&p, ROUTER_STATS).await;
+    up.release(2);
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    p.wait_counter("cluster.upstream.circuit_breakers.default.remaining_pending", 1, WAIT).await;
+    p.wait_counter("cluster.upstream.circuit_breakers.default.remaining_rq", 1024, WAIT).await;
+    let after = stats_with(&p, ROUTER_STATS).await;
+    let show = |r: &TestResponse| format!("{} {:?} overloaded={:?}", r.status, r.text(), r.header("x-envoy-overloaded"));
+    (vec![show(&a), show(&b), show(&c)], held, after)
+}
+
+#[tokio::test]
+async fn differential_router_overflow() {
+    let envoy = router_overflow_run(true).await;
+    let ours = router_overflow_run(false).await;
+    assert_eq!(envoy.0, ours.0, "responses");
+    assert_eq!(envoy.1, ours.1, "stats while held");
+    assert_eq!(envoy.2, ours.2, "stats after");
+    assert!(envoy.0[2].starts_with("503 "), "{:?}", envoy.0);
+}
+
+/// connection_limit at 1: A is served, B and C are closed; the stats during and after.
+async fn connection_limit_run(envoy: bool) -> (Vec<String>, BTreeMap<String, i64>, BTreeMap<String, i64>) {
+    let echo = testenv::tcp_echo_upstream().await;
+    let p = start(envoy, &tcp_yaml(echo.addr().port(), "", Some("max_connections: 1"))).await;
+    let addr = p.listener_addr("tcp").await;
+    let names = ["connection_limit.cl.active_connections", "connection_limit.cl.limited_connections", "cluster.upstream.upstream_cx_total"];
+    let mut seen = Vec::new();
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    seen.push(String::from_utf8_lossy(&echo_roundtrip(&mut a, b"a").await).into_owned());
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        seen.push(format!("{:?}", expect_closed(&mut s).await));
+    }
+    let during = stats_with(&p, &names).await;
+    drop(a);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while p.counter("connection_limit.cl.active_connections").await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "active_connections stuck");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (seen, during, stats_with(&p, &names).await)
+}
+
+#[tokio::test]
+async fn differential_connection_limit() {
+    let envoy = connection_limit_run(true).await;
+    let ours = connection_limit_run(false).await;
+    assert_eq!(envoy, ours);
+    assert_eq!(envoy.1["connection_limit.cl.limited_connections"], 2);
+}
