@@ -122,13 +122,16 @@ impl FilterChain {
 
     /// Runs the chain on one accepted connection until it is done.
     pub async fn handle(&self, conn: Connection) {
-        // Slots taken by the limits before a refusal stay held until the refused connection
-        // closes, as in Envoy (each filter counts from its own onNewConnection to the close).
-        let mut _admitted = Vec::with_capacity(self.connection_limits.len());
+        // Every limit's slot (the refusing one's too) stays held until the connection closes,
+        // as in Envoy (each filter counts from its own onNewConnection to the close).
+        let mut _slots = Vec::with_capacity(self.connection_limits.len());
         for limit in &self.connection_limits {
             match limit.admit() {
-                Some(a) => _admitted.push(a),
-                None => return limit.reject(conn).await,
+                Ok(slot) => _slots.push(slot),
+                Err(slot) => {
+                    _slots.push(slot);
+                    return limit.reject(conn).await;
+                }
             }
         }
         match &self.terminal {

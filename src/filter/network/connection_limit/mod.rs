@@ -1,8 +1,12 @@
 //! `envoy.filters.network.connection_limit`: caps the connections a filter chain serves at
 //! once. A connection past `max_connections` is counted (`limited_connections`) and closed,
 //! after `delay` if one is set (its bytes are read and dropped meanwhile, as Envoy's connection
-//! reads them into a buffer nobody consumes). The count is one atomic per filter; the
-//! [`Admitted`] guard gives the slot back however the connection ends.
+//! reads them into a buffer nobody consumes). The count is one atomic per filter; the [`Slot`]
+//! guard gives the unit back however the connection ends.
+//!
+//! As in Envoy, a refused connection also counts (in the limit and in `active_connections`)
+//! until it is closed: while a refused connection waits out its `delay`, it keeps the next one
+//! out too.
 
 use crate::config::value::deserialize_opt_u64;
 use crate::config::{self as cfg, ConfigError, Duration, RawAny};
@@ -97,13 +101,13 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
     }))
 }
 
-/// A connection within the limit; gives its slot back when dropped.
+/// A connection's unit of the count (admitted or refused); given back when dropped.
 #[derive(Debug)]
-pub struct Admitted {
+pub struct Slot {
     filter: Option<Arc<Filter>>,
 }
 
-impl Drop for Admitted {
+impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(f) = self.filter.take() {
             f.active.fetch_sub(1, Ordering::AcqRel);
@@ -113,18 +117,21 @@ impl Drop for Admitted {
 }
 
 impl Filter {
-    /// Admits a new connection, or `None` if the limit is reached (counted).
-    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+    /// Counts a new connection: `Ok` within the limit, `Err` past it (`limited_connections`);
+    /// either way the slot counts until dropped.
+    pub fn admit(self: &Arc<Self>) -> Result<Slot, Slot> {
         if !self.enabled {
-            return Some(Admitted { filter: None });
+            return Ok(Slot { filter: None });
         }
+        self.active_connections.inc();
+        let slot = Slot { filter: Some(self.clone()) };
         let max = self.max_connections;
         if self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
             self.limited_connections.inc();
-            return None;
+            self.active.fetch_add(1, Ordering::AcqRel);
+            return Err(slot);
         }
-        self.active_connections.inc();
-        Some(Admitted { filter: Some(self.clone()) })
+        Ok(slot)
     }
 
     /// Closes a refused connection: at once, or after `delay` (sooner if the client closes or
