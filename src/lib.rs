@@ -15,6 +15,7 @@
 //! - [`config`]: Envoy's bootstrap YAML as plain serde data; unknown fields are errors with paths.
 //! - [`server`]: builds everything from a bootstrap, binds, runs, drains.
 //! - [`listener`]: accept loop; one task per connection.
+//! - [`overload`]: the overload manager's global downstream connection limit.
 //! - [`filter`]: network filters (ext_proc, tcp_proxy, http_connection_manager) and HTTP
 //!   filters (ext_proc, router).
 //! - [`cluster`]: endpoints, load balancing, connect; pooled HTTP/2 channels for processors.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod filter;
 pub mod listener;
+pub mod overload;
 pub mod server;
 pub mod stats;
 

@@ -54,6 +54,7 @@ impl Default for Options {
 pub fn validate(bootstrap: &Bootstrap, options: &Options) -> Result<(), ConfigError> {
     let stats = Store::new();
     let clusters = Arc::new(ClusterManager::build(&bootstrap.static_resources.clusters, &stats, options.concurrency)?);
+    crate::overload::GlobalConnectionLimit::build(bootstrap.overload_manager.as_ref(), &stats)?;
     validate_listeners(bootstrap, &clusters, &stats)
 }
 
@@ -83,9 +84,12 @@ impl Server {
             Arc::new(ClusterManager::build(&bootstrap.static_resources.clusters, &stats, options.concurrency)?);
         // Build every chain before binding anything, so a config error binds nothing.
         validate_listeners(bootstrap, &clusters, &stats)?;
+        let global_limit = crate::overload::GlobalConnectionLimit::build(bootstrap.overload_manager.as_ref(), &stats)?;
         let mut listeners = Vec::new();
         for (i, l) in bootstrap.static_resources.listeners.iter().enumerate() {
-            listeners.push(Listener::bind(l, &format!("static_resources.listeners[{i}]"), &clusters, &stats).await?);
+            let mut listener = Listener::bind(l, &format!("static_resources.listeners[{i}]"), &clusters, &stats).await?;
+            listener.set_global_limit(global_limit.clone());
+            listeners.push(listener);
         }
         let admin = match bootstrap.admin_address() {
             None => None,

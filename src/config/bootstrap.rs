@@ -18,6 +18,8 @@ pub struct Bootstrap {
     /// Listeners and clusters.
     #[serde(default)]
     pub static_resources: StaticResources,
+    /// Overload manager: only the global downstream connection limit is supported.
+    pub overload_manager: Option<crate::overload::OverloadManagerConfig>,
 }
 
 /// `config.core.v3.Node` (identity only).

@@ -47,6 +47,8 @@ struct ListenerStats {
     downstream_cx_total: Counter,
     downstream_cx_destroy: Counter,
     downstream_cx_active: Gauge,
+    /// Connections closed at accept by the overload manager's global limit.
+    downstream_global_cx_overflow: Counter,
 }
 
 /// A bound listener with its filter chain.
@@ -59,6 +61,8 @@ pub struct Listener {
     chain: Arc<FilterChain>,
     buffer_limit: usize,
     stats: ListenerStats,
+    /// The overload manager's global downstream connection limit, if configured.
+    global_limit: Option<Arc<crate::overload::GlobalConnectionLimit>>,
 }
 
 impl Listener {
@@ -121,13 +125,19 @@ impl Listener {
             downstream_cx_total: store.counter(&format!("{scope}.downstream_cx_total")),
             downstream_cx_destroy: store.counter(&format!("{scope}.downstream_cx_destroy")),
             downstream_cx_active: store.gauge(&format!("{scope}.downstream_cx_active")),
+            downstream_global_cx_overflow: store.counter(&format!("{scope}.downstream_global_cx_overflow")),
         };
-        Ok(Listener { name: name.clone(), socket, local_addr, chain: Arc::new(chain), buffer_limit, stats })
+        Ok(Listener { name: name.clone(), socket, local_addr, chain: Arc::new(chain), buffer_limit, stats, global_limit: None })
     }
 
     /// The bound address (the real port when the config said 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Applies the overload manager's global downstream connection limit to this listener.
+    pub fn set_global_limit(&mut self, limit: Option<Arc<crate::overload::GlobalConnectionLimit>>) {
+        self.global_limit = limit;
     }
 
     /// Accepts connections until `shutdown`, spawning one task per connection on `tracker`.
@@ -146,6 +156,18 @@ impl Listener {
                     continue;
                 }
             };
+            // Past the global limit the socket is closed before anything counts it (Envoy).
+            let global_slot = match &self.global_limit {
+                None => None,
+                Some(limit) => match limit.try_acquire() {
+                    Some(slot) => Some(slot),
+                    None => {
+                        self.stats.downstream_global_cx_overflow.inc();
+                        drop(stream);
+                        continue;
+                    }
+                },
+            };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(self.local_addr);
             let conn = Connection {
@@ -160,6 +182,7 @@ impl Listener {
             let stats = self.stats.clone();
             stats.downstream_cx_total.inc();
             tracker.spawn(async move {
+                let _global_slot = global_slot;
                 let _active = GaugeGuard::new(&stats.downstream_cx_active);
                 chain.handle(conn).await;
                 stats.downstream_cx_destroy.inc();
