@@ -152,7 +152,8 @@ async fn connection_limit_closes_the_extra_connection() {
     let mut b = TcpStream::connect(addr).await.unwrap();
     assert_eq!(expect_closed(&mut b).await, Closed::Fin);
     assert_eq!(proxy.stat("connection_limit.cl.limited_connections"), 1);
-    assert_eq!(proxy.stat("connection_limit.cl.active_connections"), 1);
+    // The refused connection counts until it is closed (as in Envoy), then only A.
+    until("the refused slot back", || proxy.stat("connection_limit.cl.active_connections") == 1).await;
     assert_eq!(proxy.stat("cluster.upstream.upstream_cx_total"), 1, "the refused connection went nowhere");
 
     drop(a);
@@ -164,7 +165,7 @@ async fn connection_limit_closes_the_extra_connection() {
 #[tokio::test]
 async fn connection_limit_delay_holds_then_closes() {
     let echo = testenv::tcp_echo_upstream().await;
-    let proxy = TestProxy::start(&tcp_yaml(echo.addr().port(), "", Some("max_connections: 1\ndelay: 0.3s"))).await;
+    let proxy = TestProxy::start(&tcp_yaml(echo.addr().port(), "", Some("max_connections: 1\ndelay: 1s"))).await;
     let addr = proxy.addr("tcp");
     let mut a = TcpStream::connect(addr).await.unwrap();
     assert_eq!(echo_roundtrip(&mut a, b"a").await, b"a");
@@ -172,8 +173,21 @@ async fn connection_limit_delay_holds_then_closes() {
     let mut b = TcpStream::connect(addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut b, b"dropped").await.unwrap();
     assert_eq!(expect_closed(&mut b).await, Closed::Fin, "what the client sent was read, so FIN, not RST");
-    assert!(started.elapsed() >= Duration::from_millis(300), "closed after {:?}", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_secs(1), "closed after {:?}", started.elapsed());
     assert_eq!(proxy.stat("connection_limit.cl.limited_connections"), 1);
+
+    // While a refused connection waits out its delay it counts (Envoy): with A gone, D is
+    // still refused because C is being held.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    proxy.wait_stat("connection_limit.cl.limited_connections", 2).await;
+    assert_eq!(proxy.stat("connection_limit.cl.active_connections"), 2, "A and the refused C");
+    drop(a);
+    until("A's slot back", || proxy.stat("connection_limit.cl.active_connections") == 1).await;
+    let mut d = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(expect_closed(&mut d).await, Closed::Fin);
+    assert_eq!(proxy.stat("connection_limit.cl.limited_connections"), 3);
+    assert_eq!(expect_closed(&mut c).await, Closed::Fin);
+    until("all slots back", || proxy.stat("connection_limit.cl.active_connections") == 0).await;
 }
 
 #[tokio::test]
@@ -333,14 +347,21 @@ async fn connection_limit_run(envoy: bool) -> (Vec<String>, BTreeMap<String, i64
         let mut s = TcpStream::connect(addr).await.unwrap();
         seen.push(format!("{:?}", expect_closed(&mut s).await));
     }
+    // Refused connections count until Envoy has processed their close, which may trail the
+    // client's FIN: wait for the gauge to settle.
+    settle(&p, "connection_limit.cl.active_connections", 1).await;
     let during = stats_with(&p, &names).await;
     drop(a);
+    settle(&p, "connection_limit.cl.active_connections", 0).await;
+    (seen, during, stats_with(&p, &names).await)
+}
+
+async fn settle(p: &ProxyProcess, name: &str, want: i64) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while p.counter("connection_limit.cl.active_connections").await != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "active_connections stuck");
+    while p.counter(name).await != want {
+        assert!(tokio::time::Instant::now() < deadline, "{name} = {}, not {want}", p.counter(name).await);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    (seen, during, stats_with(&p, &names).await)
 }
 
 #[tokio::test]
@@ -349,4 +370,56 @@ async fn differential_connection_limit() {
     let ours = connection_limit_run(false).await;
     assert_eq!(envoy, ours);
     assert_eq!(envoy.1["connection_limit.cl.limited_connections"], 2);
+}
+
+const GLOBAL_OVERFLOW: &str = "listener.127.0.0.1_0.downstream_global_cx_overflow";
+
+#[tokio::test]
+async fn global_downstream_limit_closes_at_accept() {
+    let echo = testenv::tcp_echo_upstream().await;
+    let proxy = TestProxy::start(&with_global_limit(&tcp_yaml(echo.addr().port(), "", None), 2)).await;
+    let addr = proxy.addr("tcp");
+    assert!(proxy.has_stat(GLOBAL_OVERFLOW));
+    assert!(proxy.has_stat("overload.envoy.resource_monitors.global_downstream_max_connections.pressure"));
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(echo_roundtrip(&mut a, b"a").await, b"a");
+    assert_eq!(echo_roundtrip(&mut b, b"b").await, b"b");
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(expect_closed(&mut c).await, Closed::Fin);
+    assert_eq!(proxy.stat(GLOBAL_OVERFLOW), 1);
+    assert_eq!(proxy.stat("listener.127.0.0.1_0.downstream_cx_total"), 2, "the refused one is not a listener connection");
+    drop(a);
+    until("A closed", || proxy.stat("listener.127.0.0.1_0.downstream_cx_active") == 1).await;
+    let mut d = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(echo_roundtrip(&mut d, b"d").await, b"d");
+    // The admin listener does not count.
+    let admin = proxy.admin().unwrap();
+    assert_eq!(get(admin, "/ready").await.status, 200);
+}
+
+async fn global_limit_run(envoy: bool) -> (Vec<String>, BTreeMap<String, i64>) {
+    let echo = testenv::tcp_echo_upstream().await;
+    let p = start(envoy, &with_global_limit(&tcp_yaml(echo.addr().port(), "", None), 2)).await;
+    let addr = p.listener_addr("tcp").await;
+    let mut seen = Vec::new();
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    seen.push(String::from_utf8_lossy(&echo_roundtrip(&mut a, b"a").await).into_owned());
+    seen.push(String::from_utf8_lossy(&echo_roundtrip(&mut b, b"b").await).into_owned());
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    seen.push(format!("{:?}", expect_closed(&mut c).await));
+    let names = [GLOBAL_OVERFLOW, "listener.127.0.0.1_0.downstream_cx_total", "listener.127.0.0.1_0.downstream_cx_active", "listener.admin.downstream_global_cx_overflow"];
+    (seen, stats_with(&p, &names).await)
+}
+
+#[tokio::test]
+async fn differential_global_downstream_limit() {
+    let envoy = global_limit_run(true).await;
+    let ours = global_limit_run(false).await;
+    assert_eq!(envoy.0, ours.0);
+    assert_eq!(envoy.1[GLOBAL_OVERFLOW], 1, "{envoy:?}");
+    // extproxy's admin is not a listener and has no listener stats.
+    let without_admin = |m: &BTreeMap<String, i64>| m.iter().filter(|(k, _)| !k.starts_with("listener.admin")).map(|(k, v)| (k.clone(), *v)).collect::<BTreeMap<_, _>>();
+    assert_eq!(without_admin(&envoy.1), without_admin(&ours.1));
 }

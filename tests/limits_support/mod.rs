@@ -353,3 +353,10 @@ pub async fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
     tokio::time::timeout(WAIT, s.read_exact(&mut got)).await.expect("echo timed out").unwrap();
     got
 }
+
+/// Adds the overload manager's global downstream connection limit to a bootstrap.
+pub fn with_global_limit(yaml: &str, max: u64) -> String {
+    format!(
+        "overload_manager:\n  resource_monitors:\n  - name: envoy.resource_monitors.global_downstream_max_connections\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: {max}\n{yaml}"
+    )
+}
