@@ -536,12 +536,31 @@ impl Core {
 
     /// Ends external processing; held data flows on unmodified.
     fn finish_processing(&mut self) {
+        if self.local_response {
+            return self.cut_local_response();
+        }
         self.done = true;
         self.close();
         self.stop_timer(Dir::Request);
         self.stop_timer(Dir::Response);
         self.flush(Dir::Request);
         self.flush(Dir::Response);
+    }
+
+    /// Processing ended in the middle of a streamed local reply (side stream closed, fail-open
+    /// error): reset it rather than let the client take a cut body for a complete one. The
+    /// request was answered locally, so its held headers are never forwarded.
+    fn cut_local_response(&mut self) {
+        self.local_response = false;
+        self.done = true;
+        self.close();
+        self.stop_timer(Dir::Request);
+        self.stop_timer(Dir::Response);
+        self.out.push_back(Action::LocalReply(LocalReply::new(
+            self.policy.status_on_error,
+            Bytes::new(),
+            "ext_proc_streamed_immediate_response_incomplete",
+        )));
     }
 
     fn close(&mut self) {

@@ -729,3 +729,38 @@ fn streamed_immediate_response_headers_only_is_one_reply() {
         ["stop:req", "reply:200:ext_proc_local_response", "close"]
     );
 }
+
+/// Found by `fuzz/fuzz_targets/http_ext_proc_state.rs`: the side stream ending (OK, or an
+/// error with fail-open) in the middle of a streamed local reply forwarded the held request
+/// headers upstream and left the local reply's body open. It is now reset.
+#[test]
+fn side_stream_end_during_streamed_immediate_response_resets_it() {
+    use pb::streamed_immediate_response::Response as Sir;
+    let start = |fail_open: bool| {
+        let mut t = t_open(Mode::default(), fail_open, |_| {});
+        t.core.on_headers(Dir::Request, req_head(None), false);
+        drain(&mut t.core);
+        t.core.on_response(resp(Resp::StreamedImmediateResponse(
+            pb::StreamedImmediateResponse {
+                response: Some(Sir::HeadersResponse(pb::HttpHeaders::default())),
+            },
+        )));
+        assert_eq!(
+            drain(&mut t.core),
+            ["stop:req", "stream:200:ext_proc_local_response"]
+        );
+        t
+    };
+    let cut = "reply:500:ext_proc_streamed_immediate_response_incomplete";
+    let mut t = start(false);
+    t.core.on_stream_ok();
+    assert_eq!(drain(&mut t.core), ["close", cut]);
+    assert!(t.core.is_done());
+    t.core.on_data(Dir::Request, Bytes::from_static(b"x"), true);
+    assert!(drain(&mut t.core).iter().all(|a| !a.starts_with("hdr:")));
+
+    let mut t = start(true);
+    t.core.on_stream_error(14, "gone");
+    // The failed stream is already closed.
+    assert_eq!(drain(&mut t.core), [cut]);
+}
