@@ -368,8 +368,11 @@ impl Harness {
                     s.out_end = true;
                 }
                 Action::LocalReply(r) => {
-                    assert!(!self.local_reply, "a second local reply: {r:?}");
+                    // A late local reply resets a streamed one that is still going.
+                    let resets_stream = self.local_stream && !self.sides[1].out_end;
+                    assert!(!self.local_reply || resets_stream, "a second local reply: {r:?}");
                     self.local_reply = true;
+                    self.local_stream = false;
                 }
                 Action::LocalStream(r) => {
                     assert!(!self.local_reply, "a streamed local reply after a local reply: {r:?}");
