@@ -70,15 +70,20 @@ pub struct LoadArgs {
     /// Connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Seconds to write for.
+    /// Seconds to write for (with `--bytes`: the time limit).
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Total bytes to write, split evenly over the connections; each connection then shuts
+    /// down its write side (0: write until `duration` ends).
+    #[arg(long, default_value_t = 0)]
+    bytes: u64,
     /// Bytes per write.
     #[arg(long, default_value_t = 64 * 1024)]
     write_size: usize,
 }
 
-/// Writes for `duration`, then prints `{"bytes_written", "start_ms", "end_ms", "errors"}`.
+/// Writes for `duration` (or `bytes` in total), then prints `{"bytes_written", "start_ms",
+/// "end_ms", "errors"}`.
 pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let chunk = bytes::Bytes::from(vec![b'x'; args.write_size.max(1)]);
     let mut streams = Vec::with_capacity(args.connections);
@@ -87,6 +92,7 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
     }
     let start_ms = crate::unix_ms();
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.duration);
+    let per_conn = args.bytes / args.connections.max(1) as u64;
     let tasks: Vec<_> = streams
         .into_iter()
         .map(|mut stream| {
@@ -94,8 +100,14 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let mut written = 0u64;
                 loop {
-                    match tokio::time::timeout_at(deadline, stream.write_all(&chunk)).await {
-                        Ok(Ok(())) => written += chunk.len() as u64,
+                    let left = per_conn.saturating_sub(written);
+                    if per_conn > 0 && left == 0 {
+                        let _ = stream.shutdown().await;
+                        return (written, false);
+                    }
+                    let n = if per_conn > 0 { left.min(chunk.len() as u64) as usize } else { chunk.len() };
+                    match tokio::time::timeout_at(deadline, stream.write_all(&chunk[..n])).await {
+                        Ok(Ok(())) => written += n as u64,
                         Ok(Err(_)) => return (written, true),
                         // Deadline; a partial write is not counted (it may not have happened).
                         Err(_) => return (written, false),
