@@ -7,6 +7,8 @@
 mod http_support;
 #[path = "limits_support/mod.rs"]
 mod limits_support;
+#[path = "l4_support/mod.rs"]
+mod l4_support;
 
 use http_support::TestProxy;
 use limits_support::*;
@@ -424,4 +426,84 @@ async fn differential_global_downstream_limit() {
     // extproxy's admin is not a listener and has no listener stats.
     let without_admin = |m: &BTreeMap<String, i64>| m.iter().filter(|(k, _)| !k.starts_with("listener.admin")).map(|(k, v)| (k.clone(), *v)).collect::<BTreeMap<_, _>>();
     assert_eq!(without_admin(&envoy.1), without_admin(&ours.1));
+}
+
+/// Network ext_proc side streams at the processor cluster's `max_requests: 1`: the first
+/// connection's stream is held by a silent processor; the second connection's stream overflows.
+async fn network_side_stream_overflow(fail_open: bool) -> (Vec<u8>, l4_support::Ending) {
+    let echo = testenv::tcp_echo_upstream().await;
+    let processor = l4_support::RawProcessor::start(|_, _| {}).await;
+    let extra = if fail_open { "failure_mode_allow: true" } else { "" };
+    let yaml = l4_support::bootstrap(&[l4_support::ext_proc("ep", extra)], echo.addr().port(), processor.port(), "", "").replace(
+        "  - name: processor\n    connect_timeout: 2s\n",
+        "  - name: processor\n    connect_timeout: 2s\n    circuit_breakers: {thresholds: [{max_requests: 1, track_remaining: true}]}\n",
+    );
+    let proxy = l4_support::Proxy::start(&yaml).await;
+    let pcb = "cluster.processor.circuit_breakers.default";
+    let mut a = proxy.connect().await;
+    l4_support::write(&mut a, b"a").await;
+    processor.wait(|s| s.streams == 1).await;
+    until("the held stream's unit", || proxy.counter(&format!("{pcb}.remaining_rq")) == 0).await;
+
+    let mut b = proxy.connect().await;
+    l4_support::write(&mut b, b"b").await;
+    l4_support::fin(&mut b).await;
+    let seen = l4_support::read_to_end(&mut b).await;
+    assert_eq!(proxy.counter("cluster.processor.upstream_rq_active_overflow"), 1);
+    assert_eq!(processor.seen().streams, 1, "the refused stream never reached the processor");
+
+    drop(a);
+    until("the unit back", || proxy.counter(&format!("{pcb}.rq_open")) == 0 && proxy.counter(&format!("{pcb}.remaining_rq")) == 1).await;
+    seen
+}
+
+#[tokio::test]
+async fn network_side_stream_overflow_fail_closed_closes() {
+    let (bytes, _) = network_side_stream_overflow(false).await;
+    assert!(bytes.is_empty(), "{bytes:?}");
+}
+
+#[tokio::test]
+async fn network_side_stream_overflow_fail_open_passes() {
+    let (bytes, ending) = network_side_stream_overflow(true).await;
+    assert_eq!(bytes, b"b");
+    assert_eq!(ending, l4_support::Ending::Fin);
+}
+
+const SIDE_STREAM_STATS: &[&str] = &[
+    "cluster.processor.circuit_breakers.default.rq_open",
+    "cluster.processor.circuit_breakers.default.remaining_rq",
+    "cluster.processor.circuit_breakers.default.rq_pending_open",
+    "cluster.processor.upstream_rq_active_overflow",
+    "cluster.processor.upstream_rq_pending_overflow",
+    "cluster.processor.upstream_cx_overflow",
+];
+
+/// HTTP ext_proc (fail-closed) at the processor cluster's `max_requests: 1`.
+async fn side_stream_overflow_run(envoy: bool) -> (Vec<String>, BTreeMap<String, i64>, BTreeMap<String, i64>) {
+    let echo = testenv::echo_http_upstream().await;
+    let processor = HeldProcessor::start(true).await;
+    let ep = ExtProc { port: processor.addr.port(), fail_open: false, thresholds: "max_requests: 1, track_remaining: true" };
+    let p = start(envoy, &http_yaml(echo.addr().port(), "", Some(&ep))).await;
+    let addr = p.listener_addr("http").await;
+    let a = tokio::spawn(get(addr, "/a"));
+    until("the first side stream", || processor.started() == 1).await;
+    settle(&p, "cluster.processor.circuit_breakers.default.remaining_rq", 0).await;
+    let b = get(addr, "/b").await;
+    let held = stats_with(&p, SIDE_STREAM_STATS).await;
+    processor.release(1);
+    let a = a.await.unwrap();
+    settle(&p, "cluster.processor.circuit_breakers.default.remaining_rq", 1).await;
+    let after = stats_with(&p, SIDE_STREAM_STATS).await;
+    // A's body is the echo of its request (with a random x-request-id): compare its status.
+    (vec![a.status.to_string(), format!("{} {:?}", b.status, b.text())], held, after)
+}
+
+#[tokio::test]
+async fn differential_side_stream_overflow() {
+    let envoy = side_stream_overflow_run(true).await;
+    let ours = side_stream_overflow_run(false).await;
+    assert_eq!(envoy, ours);
+    assert!(envoy.0[1].starts_with("500"), "{envoy:?}");
+    assert_eq!(envoy.1["cluster.processor.upstream_rq_active_overflow"], 1, "{envoy:?}");
 }
