@@ -243,7 +243,11 @@ async fn run(case: &Case) {
         echo.addr().port(),
         proc_port,
         // The route timeout covers the whole response: short only where it is the fault.
-        if fault == Fault::UpstreamSlow { "0.5s" } else { "30s" },
+        if fault == Fault::UpstreamSlow {
+            "0.5s"
+        } else {
+            "30s"
+        },
     );
     let proxy = Proxy::start(&yaml, "ingress").await;
     let addr = proxy.addr;
@@ -285,7 +289,11 @@ async fn run(case: &Case) {
                 panic!("{what}: {e:#}; counters {:?}", ext_proc_counters(&proxy))
             });
             if fault == Fault::Huge {
-                assert_eq!(resp.body.len(), HUGE, "{what}: the 64 MiB body went up and back");
+                assert_eq!(
+                    resp.body.len(),
+                    HUGE,
+                    "{what}: the 64 MiB body went up and back"
+                );
                 assert!(resp.body.iter().all(|b| *b == b'x'), "{what}");
             } else if resp.status == 200 {
                 assert_eq!(resp.body, "onetwo", "{what}: echoed body");
@@ -300,7 +308,10 @@ async fn run(case: &Case) {
     settled(&proxy.stats, &[]).await;
     let sent = proxy.get("http.ingress.ext_proc.stream_msgs_sent");
     let received = proxy.get("http.ingress.ext_proc.stream_msgs_received");
-    assert!(sent >= 1 && received <= sent, "{what}: {sent} sent, {received} received");
+    assert!(
+        sent >= 1 && received <= sent,
+        "{what}: {sent} sent, {received} received"
+    );
     let want: BTreeMap<String, i64> = case
         .counters
         .iter()
@@ -328,7 +339,11 @@ async fn run(case: &Case) {
 }
 
 /// Waits until a stream of `scenario` satisfies `pred`.
-async fn wait_for(p: &Processor, scenario: &str, pred: impl Fn(&ext_proc_support::StreamLog) -> bool) {
+async fn wait_for(
+    p: &Processor,
+    scenario: &str,
+    pred: impl Fn(&ext_proc_support::StreamLog) -> bool,
+) {
     for _ in 0..500 {
         if p.streams(scenario).iter().any(&pred) {
             return;
@@ -340,7 +355,11 @@ async fn wait_for(p: &Processor, scenario: &str, pred: impl Fn(&ext_proc_support
 
 async fn check(fault: Fault) {
     let cases: Vec<&Case> = CASES.iter().filter(|c| c.fault == fault).collect();
-    assert_eq!(cases.len(), 2, "{fault:?}: one case fail-closed, one fail-open");
+    assert_eq!(
+        cases.len(),
+        2,
+        "{fault:?}: one case fail-closed, one fail-open"
+    );
     for case in cases {
         run(case).await;
     }

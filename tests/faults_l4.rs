@@ -167,7 +167,10 @@ async fn run(case: &Case) {
         _ => p.port(),
     };
     let timeout = if fault == Fault::Silent { "0.3s" } else { "2s" };
-    let extra = format!("message_timeout: {timeout}\nfailure_mode_allow: {}", case.open);
+    let extra = format!(
+        "message_timeout: {timeout}\nfailure_mode_allow: {}",
+        case.open
+    );
     let idle = if fault == Fault::UpstreamSlow {
         "          idle_timeout: 0.5s\n"
     } else {
@@ -262,9 +265,17 @@ async fn run(case: &Case) {
     if dead && !case.open {
         assert_eq!(read_to_end(&mut c).await.0, b"", "{what}: next connection");
     } else {
-        assert_eq!(read_exact(&mut u, 5).await, b"again", "{what}: next connection");
+        assert_eq!(
+            read_exact(&mut u, 5).await,
+            b"again",
+            "{what}: next connection"
+        );
         write(&mut u, b"ok").await;
-        assert_eq!(read_exact(&mut c, 2).await, b"ok", "{what}: next connection");
+        assert_eq!(
+            read_exact(&mut c, 2).await,
+            b"ok",
+            "{what}: next connection"
+        );
     }
     drop(c);
     drop(u);
@@ -274,7 +285,11 @@ async fn run(case: &Case) {
 
 async fn check(fault: Fault) {
     let cases: Vec<&Case> = CASES.iter().filter(|c| c.fault == fault).collect();
-    assert_eq!(cases.len(), 2, "{fault:?}: one case fail-closed, one fail-open");
+    assert_eq!(
+        cases.len(),
+        2,
+        "{fault:?}: one case fail-closed, one fail-open"
+    );
     for case in cases {
         run(case).await;
     }

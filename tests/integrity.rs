@@ -135,7 +135,10 @@ async fn l4_round(
     for (i, c) in clients.into_iter().enumerate() {
         let (out, back, n) = c.await.unwrap();
         if n != L4_BYTES || out != back {
-            eprintln!("connection {i}: {n} bytes echoed back, hashes equal: {}", out == back);
+            eprintln!(
+                "connection {i}: {n} bytes echoed back, hashes equal: {}",
+                out == back
+            );
             mismatches += 1;
         }
         sent.push(out);
@@ -146,7 +149,11 @@ async fn l4_round(
     }
     sent.sort();
     at_upstream.sort();
-    mismatches += sent.iter().zip(&at_upstream).filter(|(a, b)| a != b).count() as u64;
+    mismatches += sent
+        .iter()
+        .zip(&at_upstream)
+        .filter(|(a, b)| a != b)
+        .count() as u64;
     ((L4_CONNECTIONS * L4_BYTES) as u64, mismatches)
 }
 
@@ -176,9 +183,15 @@ async fn l4_64_connections_of_16_mib_through_a_modifying_processor() {
             break;
         }
     }
-    assert_eq!(soak.mismatches, 0, "connections whose bytes differ at either end");
+    assert_eq!(
+        soak.mismatches, 0,
+        "connections whose bytes differ at either end"
+    );
     let ep = |n: &str| proxy.get(&format!("network_ext_proc.ep.{n}"));
-    assert_eq!(ep("streams_started"), (round as usize * L4_CONNECTIONS) as i64);
+    assert_eq!(
+        ep("streams_started"),
+        (round as usize * L4_CONNECTIONS) as i64
+    );
     assert_eq!(ep("read_data_sent"), ep("read_data_injected"));
     assert_eq!(ep("write_data_sent"), ep("write_data_injected"));
     assert_eq!(ep("connections_closed") + ep("connections_reset"), 0);
@@ -292,27 +305,29 @@ async fn checking_echo_upstream(mismatches: Arc<AtomicU64>) -> u16 {
         while let Ok((s, _)) = listener.accept().await {
             let mismatches = mismatches.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let mismatches = mismatches.clone();
-                    async move {
-                        let want = req
-                            .headers()
-                            .get("x-want-sha256")
-                            .map(|v| v.as_bytes().to_vec())
-                            .unwrap_or_default();
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let got = hex(&Sha256::digest(&body));
-                        let status = if got.as_bytes() == want {
-                            200
-                        } else {
-                            mismatches.fetch_add(1, Ordering::Relaxed);
-                            500
-                        };
-                        let mut resp = hyper::Response::new(Full::new(body));
-                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, hyper::Error>(resp)
-                    }
-                });
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let mismatches = mismatches.clone();
+                        async move {
+                            let want = req
+                                .headers()
+                                .get("x-want-sha256")
+                                .map(|v| v.as_bytes().to_vec())
+                                .unwrap_or_default();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let got = hex(&Sha256::digest(&body));
+                            let status = if got.as_bytes() == want {
+                                200
+                            } else {
+                                mismatches.fetch_add(1, Ordering::Relaxed);
+                                500
+                            };
+                            let mut resp = hyper::Response::new(Full::new(body));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                     .await;
@@ -431,13 +446,28 @@ async fn http_10000_random_bodies_streamed_and_buffered() {
         0,
         "bodies that reached the upstream differing from the processor's rewrite"
     );
-    assert_eq!(soak.mismatches, 0, "responses differing from the request body");
+    assert_eq!(
+        soak.mismatches, 0,
+        "responses differing from the request body"
+    );
     let per_proxy = (rounds as usize * HTTP_REQUESTS / 2) as i64;
     for (proxy, mode) in [(&streamed, "STREAMED"), (&buffered, "BUFFERED")] {
         let c = |n: &str| proxy.get(&format!("http.ingress.ext_proc.{n}"));
-        assert_eq!(c("streams_started"), per_proxy, "{mode}: one side stream per request");
-        assert_eq!(c("streams_failed") + c("spurious_msgs_received"), 0, "{mode}");
-        assert_eq!(proxy.get("http.ingress.downstream_rq_2xx"), per_proxy, "{mode}");
+        assert_eq!(
+            c("streams_started"),
+            per_proxy,
+            "{mode}: one side stream per request"
+        );
+        assert_eq!(
+            c("streams_failed") + c("spurious_msgs_received"),
+            0,
+            "{mode}"
+        );
+        assert_eq!(
+            proxy.get("http.ingress.downstream_rq_2xx"),
+            per_proxy,
+            "{mode}"
+        );
     }
     drop(client);
     faults_support::settled(&streamed.stats, &[]).await;

@@ -123,9 +123,7 @@ pub fn http_bootstrap(
 ) -> String {
     let mut http_filters = filters;
     http_filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
-    let cluster = |name: &str, port: u16| {
-        json!({"name": name, "type": "STATIC", "connect_timeout": "2s", "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}})
-    };
+    let cluster = |name: &str, port: u16| json!({"name": name, "type": "STATIC", "connect_timeout": "2s", "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}});
     let mut proc = cluster("proc", proc_port);
     proc["typed_extension_protocol_options"] = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "explicit_http_config": {"http2_protocol_options": {}}}});
     let v = json!({
@@ -171,10 +169,12 @@ pub fn http_ext_proc(extra: Value) -> Value {
 #[derive(Clone)]
 struct Refuse(tonic::Code);
 
-type HttpOut =
-    Pin<Box<dyn futures_util::Stream<Item = Result<hpb::ProcessingResponse, tonic::Status>> + Send>>;
-type NetOut =
-    Pin<Box<dyn futures_util::Stream<Item = Result<npb::ProcessingResponse, tonic::Status>> + Send>>;
+type HttpOut = Pin<
+    Box<dyn futures_util::Stream<Item = Result<hpb::ProcessingResponse, tonic::Status>> + Send>,
+>;
+type NetOut = Pin<
+    Box<dyn futures_util::Stream<Item = Result<npb::ProcessingResponse, tonic::Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl ExternalProcessor for Refuse {
@@ -240,7 +240,9 @@ impl BadUpstream {
                     match fault {
                         UpstreamFault::ResetMidResponse => {
                             let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial",
+                                )
                                 .await;
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             reset(s);
