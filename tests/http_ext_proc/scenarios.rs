@@ -232,6 +232,18 @@ fn bad_value(_: &mut Ctx, r: &Req) -> Vec<Step> {
     common_on(r, "rh", hm(&[("x-bad", "a\r\nx-injected: 1")], &[]))
 }
 
+fn nul_value(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    common_on(r, "rh", hm(&[("x-bad", "a\0b"), ("x-ok", "1")], &[]))
+}
+
+fn unknown_pseudo(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    common_on(r, "rh", hm(&[(":foo", "x"), ("x-ok", "1")], &[":foo"]))
+}
+
+fn response_protected(_: &mut Ctx, r: &Req) -> Vec<Step> {
+    common_on(r, "sh", hm(&[("x-envoy-r", "1"), ("x-ok", "1"), (":path", "/nope")], &[":status", "x-envoy-upstream-service-time"]))
+}
+
 fn bad_name(_: &mut Ctx, r: &Req) -> Vec<Step> {
     common_on(r, "sh", hm(&[("x bad", "1")], &[]))
 }
@@ -759,6 +771,14 @@ pub fn all() -> Vec<Scenario> {
         Scenario { filter: "mutation_rules: {disallow_is_error: true}", ..sc("disallow_is_error", scheme_change) },
         Scenario { filter: "mutation_rules: {disallow_is_error: true}\nstatus_on_error: {code: 422}", ..sc("disallow_is_error_status", scheme_change) },
         sc("invalid_value_characters", bad_value),
+        sc("nul_in_value", nul_value),
+        sc("unknown_pseudo_header", unknown_pseudo),
+        sc("response_protected_headers", response_protected),
+        Scenario { filter: "mutation_rules: {allow_envoy: true}", ..sc("envoy_headers_allowed", envoy_header) },
+        Scenario { filter: "mutation_rules: {disallow_all: true}", ..sc("disallow_all", set_remove) },
+        Scenario { filter: "mutation_rules: {disallow_system: true}", ..sc("disallow_system", path_rewrite) },
+        Scenario { filter: "mutation_rules: {disallow_expression: {regex: \"x-o.*\"}}", ..sc("disallow_expression", envoy_header) },
+        Scenario { filter: "mutation_rules: {disallow_expression: {regex: \"x-o.*\"}, disallow_is_error: true}", ..sc("disallow_expression_is_error", envoy_header) },
         sc("invalid_name_on_response", bad_name),
         sc("immediate_response", deny),
         sc("immediate_bad_status", deny_bad_status),

@@ -280,6 +280,16 @@ fn valid_name(name: &str) -> bool {
             || HeaderName::from_bytes(name.as_bytes()).is_ok())
 }
 
+/// Whether a pseudo-header set names one this head has: Envoy stores any other pseudo-header
+/// (`:foo`, `:path` on a response) in its header map, where nothing reads or forwards it, and
+/// does not count it as rejected; extproxy drops it, likewise uncounted.
+fn pseudo_applies(head: &Head, name: &str) -> bool {
+    match head {
+        Head::Request(_) => matches!(name, ":path" | ":method" | ":authority" | ":scheme"),
+        Head::Response(_) => name == ":status",
+    }
+}
+
 fn apply_pseudo(head: &mut Head, name: &str, value: &[u8], cx: Context) -> bool {
     let text = match std::str::from_utf8(value) {
         Ok(t) => t,
@@ -443,8 +453,8 @@ pub fn apply(
         }
         if pseudo {
             let ok = match &mut target {
-                Target::Head(head) => apply_pseudo(head, &name, value, cx),
-                Target::Trailers(_) => false,
+                Target::Head(head) if pseudo_applies(head, &name) => apply_pseudo(head, &name, value, cx),
+                Target::Head(_) | Target::Trailers(_) => true,
             };
             if !ok {
                 stats.rejected_header_mutations.inc();
@@ -689,6 +699,23 @@ mod tests {
         };
         assert_eq!(p.status, 201);
         assert_eq!(stats.rejected_header_mutations.value(), 1);
+    }
+
+    #[test]
+    fn pseudo_headers_a_head_does_not_have_are_dropped_uncounted() {
+        // As Envoy: `:foo` on a request or `:path` on a response is not a rejected mutation
+        // (Envoy stores it where nothing forwards it; extproxy drops it).
+        let stats = Stats::detached();
+        let mut h = req();
+        let m = HeaderMutation { set_headers: vec![opt(":foo", b"x", None, 0), opt("x-ok", b"1", None, 0)], remove_headers: vec![] };
+        apply(Target::Head(&mut h), &m, &Checker::default(), Context::default(), &stats).unwrap();
+        let Head::Request(p) = &h else { unreachable!() };
+        assert_eq!(p.headers["x-ok"], "1");
+        let (rp, _) = http::Response::builder().status(200).body(()).unwrap().into_parts();
+        let mut r = Head::Response(rp);
+        let m = HeaderMutation { set_headers: vec![opt(":path", b"/nope", None, 0)], remove_headers: vec![] };
+        apply(Target::Head(&mut r), &m, &Checker::default(), Context::default(), &stats).unwrap();
+        assert_eq!(stats.rejected_header_mutations.value(), 0);
     }
 
     #[test]
