@@ -81,6 +81,30 @@ async fn suppress_envoy_headers_drops_x_envoy_overloaded() {
 }
 
 #[tokio::test]
+async fn http2_router_overflow_at_max_requests() {
+    let echo = testenv::echo_http_upstream().await;
+    let yaml = upstream_http2(&http_yaml(echo.addr().port(), "max_requests: 1, track_remaining: true", None));
+    let proxy = TestProxy::start(&yaml).await;
+    let addr = proxy.addr("http");
+    let stat = |n: &str| proxy.stat(&format!("{CB}.{n}"));
+    // A's response streams for ~2 s (100 chunks, 20 ms apart), holding the only request unit.
+    let slow = TestRequest::get("/a").header("x-echo-chunks", "100");
+    let a = tokio::spawn(async move { slow.send(addr, HttpVersion::Http1).await });
+    until("A active", || stat("rq_open") == 1).await;
+    assert_eq!(stat("remaining_rq"), 0);
+    let b = get(addr, "/b").await;
+    assert_eq!(b.status, 503);
+    assert_eq!(b.text(), "upstream connect error or disconnect/reset before headers. reset reason: overflow");
+    assert_eq!(b.header("x-envoy-overloaded"), Some("true"));
+    assert_eq!(proxy.stat("cluster.upstream.upstream_rq_active_overflow"), 1);
+    assert_eq!(proxy.stat("cluster.upstream.upstream_rq_pending_overflow"), 0);
+    assert_eq!(a.await.unwrap().unwrap().status, 200);
+    until("the request unit back", || stat("rq_open") == 0 && stat("remaining_rq") == 1).await;
+    assert_eq!(get(addr, "/c").await.status, 200);
+    assert_eq!(stat("cx_open"), 0, "one HTTP/2 connection of 1024");
+}
+
+#[tokio::test]
 async fn tcp_proxy_overflow_closes_the_extra_connection() {
     let echo = testenv::tcp_echo_upstream().await;
     let proxy = TestProxy::start(&tcp_yaml(echo.addr().port(), "max_connections: 1, track_remaining: true", None)).await;

@@ -360,3 +360,13 @@ pub fn with_global_limit(yaml: &str, max: u64) -> String {
         "overload_manager:\n  resource_monitors:\n  - name: envoy.resource_monitors.global_downstream_max_connections\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: {max}\n{yaml}"
     )
 }
+
+/// Makes cluster `upstream` of a bootstrap HTTP/2 (h2c).
+pub fn upstream_http2(yaml: &str) -> String {
+    let from = "  - name: upstream\n    connect_timeout: 2s\n";
+    assert!(yaml.contains(from));
+    yaml.replace(
+        from,
+        &format!("{from}    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{}}}}\n"),
+    )
+}
