@@ -74,7 +74,11 @@ async fn a_buffered_body_over_the_limit_gets_413_and_is_not_read_further() {
     // A 256 MiB body announced up front, sent as fast as the proxy takes it.
     let total: usize = 256 << 20;
     let mut s = TcpStream::connect(proxy.ingress()).await.unwrap();
-    s.write_all(format!("POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let (mut rd, mut wr) = s.into_split();
     let writer = tokio::spawn(async move {
         let chunk = vec![b'x'; 64 * 1024];
@@ -91,14 +95,21 @@ async fn a_buffered_body_over_the_limit_gets_413_and_is_not_read_further() {
     let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut resp)).await;
     let sent = writer.await.unwrap();
     let text = String::from_utf8_lossy(&resp);
-    assert!(text.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{text}"
+    );
     assert!(text.ends_with("\r\n\r\nPayload Too Large"), "{text}");
     // The proxy stopped reading at the limit: the client could not push the whole body (what it
     // did push sits in socket buffers).
     assert!(sent < total / 4, "the proxy read {sent} of {total} bytes");
     // The processor got at most the headers (the 413 may abort its stream before it opens), no
     // body; the upstream got nothing.
-    let kinds: Vec<&str> = proc.streams("pass").iter().flat_map(|s| s.messages.iter().map(kind)).collect();
+    let kinds: Vec<&str> = proc
+        .streams("pass")
+        .iter()
+        .flat_map(|s| s.messages.iter().map(kind))
+        .collect();
     assert!(kinds.iter().all(|k| *k == "rh"), "{kinds:?}");
     assert!(up.received().is_empty());
     proxy.wait_stat("http.bad.downstream_rq_4xx", 1).await;

@@ -30,7 +30,11 @@ async fn probe(addr: SocketAddr, up: &RecordingUpstream, c: &Case) -> Seen {
     let r: RawResponse = raw_http1(addr, &c.bytes, Duration::from_secs(1)).await;
     // A forwarded request reaches the upstream before its response reaches the client.
     Seen {
-        statuses: r.text.match_indices("HTTP/1.1 ").map(|(i, _)| r.text[i + 9..i + 12].to_string()).collect(),
+        statuses: r
+            .text
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| r.text[i + 9..i + 12].to_string())
+            .collect(),
         body: r.body().split("HTTP/1.1 ").next().unwrap_or("").to_string(),
         connection: r.header("connection"),
         content_type: r.header("content-type"),
@@ -41,21 +45,38 @@ async fn probe(addr: SocketAddr, up: &RecordingUpstream, c: &Case) -> Seen {
 
 #[tokio::test]
 async fn the_malformed_request_corpus_behaves_like_envoy() {
-    let (e_up, x_up) = (RecordingUpstream::start().await, RecordingUpstream::start().await);
+    let (e_up, x_up) = (
+        RecordingUpstream::start().await,
+        RecordingUpstream::start().await,
+    );
     // A short delayed close keeps Envoy's refusals from waiting a second each.
     let e_yaml = yaml(e_up.addr, &["delayed_close_timeout: 0.1s"]);
     let x_yaml = yaml(x_up.addr, &["delayed_close_timeout: 0.1s"]);
     let envoy = ProxyProcess::envoy(&e_yaml).await.expect("envoy");
-    let ours = ProxyProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")), &x_yaml, &[]).await.expect("extproxy");
-    let (e_addr, x_addr) = (envoy.listener_addr("ingress").await, ours.listener_addr("ingress").await);
+    let ours = ProxyProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
+        &x_yaml,
+        &[],
+    )
+    .await
+    .expect("extproxy");
+    let (e_addr, x_addr) = (
+        envoy.listener_addr("ingress").await,
+        ours.listener_addr("ingress").await,
+    );
     let mut failures = Vec::new();
     for c in corpus() {
         let (mut e, x) = tokio::join!(probe(e_addr, &e_up, &c), probe(x_addr, &x_up, &c));
         if c.envoy_may_forward {
             e.forwarded = false;
         }
-        if e.statuses.first().map(String::as_str) != Some(&c.status.to_string()) || e.forwarded != c.forwarded {
-            failures.push(format!("{}: the corpus says {} / forwarded {}, Envoy did {e:?}", c.name, c.status, c.forwarded));
+        if e.statuses.first().map(String::as_str) != Some(&c.status.to_string())
+            || e.forwarded != c.forwarded
+        {
+            failures.push(format!(
+                "{}: the corpus says {} / forwarded {}, Envoy did {e:?}",
+                c.name, c.status, c.forwarded
+            ));
         }
         if e != x {
             failures.push(format!("{}:\n  envoy    {e:?}\n  extproxy {x:?}", c.name));
@@ -63,7 +84,9 @@ async fn the_malformed_request_corpus_behaves_like_envoy() {
     }
     for c in stricter_than_envoy() {
         let (e, x) = tokio::join!(probe(e_addr, &e_up, &c), probe(x_addr, &x_up, &c));
-        if e.statuses.first().map(String::as_str) != Some(&c.status.to_string()) || e.forwarded != c.forwarded {
+        if e.statuses.first().map(String::as_str) != Some(&c.status.to_string())
+            || e.forwarded != c.forwarded
+        {
             failures.push(format!("{}: Envoy no longer accepts it: {e:?}", c.name));
         }
         if x.statuses != ["400"] || x.forwarded || !x.closed {
@@ -73,11 +96,22 @@ async fn the_malformed_request_corpus_behaves_like_envoy() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Nothing smuggled reached either upstream.
     for up in [&e_up, &x_up] {
-        assert!(!up.request_lines().iter().any(|l| l.contains("/smuggled") || l.contains("/y ")), "{:?}", up.request_lines());
+        assert!(
+            !up.request_lines()
+                .iter()
+                .any(|l| l.contains("/smuggled") || l.contains("/y ")),
+            "{:?}",
+            up.request_lines()
+        );
     }
     // The same counters, less the stricter cases (Envoy answered those 200).
     let strict = stricter_than_envoy().len() as i64;
-    for (name, extra) in [("downstream_rq_4xx", strict), ("downstream_rq_5xx", 0), ("downstream_cx_protocol_error", strict), ("downstream_rq_2xx", -strict)] {
+    for (name, extra) in [
+        ("downstream_rq_4xx", strict),
+        ("downstream_rq_5xx", 0),
+        ("downstream_cx_protocol_error", strict),
+        ("downstream_rq_2xx", -strict),
+    ] {
         let name = format!("http.bad.{name}");
         let (e, x) = (envoy.counter(&name).await, ours.counter(&name).await);
         assert_eq!(e + extra, x, "{name}: envoy {e}, extproxy {x}");

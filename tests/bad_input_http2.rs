@@ -7,7 +7,10 @@
 mod bad_input_support;
 mod http_support;
 
-use bad_input_support::h2frames::{self, frame, read_frames, ACK, CONTINUATION, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, HEADERS, PING, RST_STREAM, SETTINGS};
+use bad_input_support::h2frames::{
+    self, frame, read_frames, ACK, CONTINUATION, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM,
+    HEADERS, PING, RST_STREAM, SETTINGS,
+};
 use bad_input_support::{yaml, RecordingUpstream};
 use http_support::TestProxy;
 use std::time::Duration;
@@ -16,7 +19,10 @@ use tokio::io::AsyncWriteExt;
 
 /// A normal HTTP/2 request on a new connection still works.
 async fn still_serving(proxy: &TestProxy) {
-    let resp = TestRequest::get("/after").send(proxy.ingress(), HttpVersion::Http2).await.unwrap();
+    let resp = TestRequest::get("/after")
+        .send(proxy.ingress(), HttpVersion::Http2)
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
 }
 
@@ -49,10 +55,18 @@ async fn rapid_reset_is_cut_with_goaway() {
     }
     flood(&mut s, &burst, Duration::from_secs(5)).await;
     let seen = read_frames(&mut s, Duration::from_secs(3)).await;
-    assert_eq!(seen.goaway, Some(ENHANCE_YOUR_CALM), "{:?}", &seen.frames[seen.frames.len().saturating_sub(5)..]);
+    assert_eq!(
+        seen.goaway,
+        Some(ENHANCE_YOUR_CALM),
+        "{:?}",
+        &seen.frames[seen.frames.len().saturating_sub(5)..]
+    );
     assert!(seen.closed);
     let forwarded = up.request_lines().len();
-    assert!(forwarded < n as usize / 10, "{forwarded} of {n} reset streams were forwarded");
+    assert!(
+        forwarded < n as usize / 10,
+        "{forwarded} of {n} reset streams were forwarded"
+    );
     still_serving(&proxy).await;
 }
 
@@ -72,7 +86,10 @@ async fn continuation_flood_is_cut() {
         burst.extend_from_slice(&piece);
     }
     let sent = flood(&mut s, &burst, Duration::from_secs(10)).await;
-    assert!(sent < total / 2, "the proxy kept reading the header block: {sent} bytes");
+    assert!(
+        sent < total / 2,
+        "the proxy kept reading the header block: {sent} bytes"
+    );
     let seen = read_frames(&mut s, Duration::from_secs(3)).await;
     assert_eq!(seen.goaway, Some(ENHANCE_YOUR_CALM), "{seen:?}");
     assert!(seen.closed);
@@ -92,14 +109,24 @@ async fn settings_flood_is_cut_or_back_pressured() {
     let n = 3_000_000;
     let burst: Vec<u8> = one.iter().copied().cycle().take(one.len() * n).collect();
     let sent = flood(&mut s, &burst, Duration::from_secs(2)).await;
-    assert!(sent < burst.len() / 2, "{sent} bytes were taken without back-pressure or a close");
+    assert!(
+        sent < burst.len() / 2,
+        "{sent} bytes were taken without back-pressure or a close"
+    );
     // Every SETTINGS the proxy read was acknowledged, no more.
     let seen = read_frames(&mut s, Duration::from_millis(500)).await;
-    let acks = seen.frames.iter().filter(|f| f.0 == SETTINGS && f.1 & ACK != 0).count();
+    let acks = seen
+        .frames
+        .iter()
+        .filter(|f| f.0 == SETTINGS && f.1 & ACK != 0)
+        .count();
     // (`sent` leaves out the piece being written when the flood stopped, and the preface's
     // SETTINGS is acknowledged too.)
     let most = (sent + 64 * 1024) / one.len() + 1;
-    assert!(acks > 0 && acks <= most, "{acks} ACKs for at most {most} frames sent");
+    assert!(
+        acks > 0 && acks <= most,
+        "{acks} ACKs for at most {most} frames sent"
+    );
     still_serving(&proxy).await;
 }
 
@@ -110,15 +137,30 @@ async fn ping_flood_is_back_pressured() {
     let mut s = h2frames::connect(proxy.ingress()).await;
     // As SETTINGS: one pending PING ACK at a time, reading stops while it cannot be written.
     let one = frame(PING, 0, 0, &[7; 8]);
-    let burst: Vec<u8> = one.iter().copied().cycle().take(one.len() * 2_000_000).collect();
+    let burst: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 2_000_000)
+        .collect();
     let sent = flood(&mut s, &burst, Duration::from_secs(2)).await;
-    assert!(sent < burst.len() / 2, "{sent} bytes were taken: the PING ACKs are not back-pressured");
+    assert!(
+        sent < burst.len() / 2,
+        "{sent} bytes were taken: the PING ACKs are not back-pressured"
+    );
     let seen = read_frames(&mut s, Duration::from_millis(500)).await;
-    let acks = seen.frames.iter().filter(|f| f.0 == PING && f.1 & ACK != 0).count();
+    let acks = seen
+        .frames
+        .iter()
+        .filter(|f| f.0 == PING && f.1 & ACK != 0)
+        .count();
     // (`sent` leaves out the piece being written when the flood stopped, and the preface's
     // SETTINGS is acknowledged too.)
     let most = (sent + 64 * 1024) / one.len() + 1;
-    assert!(acks > 0 && acks <= most, "{acks} ACKs for at most {most} frames sent");
+    assert!(
+        acks > 0 && acks <= most,
+        "{acks} ACKs for at most {most} frames sent"
+    );
     still_serving(&proxy).await;
 }
 

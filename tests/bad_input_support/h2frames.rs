@@ -79,7 +79,9 @@ pub fn junk_header(value_len: usize) -> Vec<u8> {
 pub async fn connect(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(PREFACE).await.expect("preface");
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.expect("settings");
+    s.write_all(&frame(SETTINGS, 0, 0, &[]))
+        .await
+        .expect("settings");
     s
 }
 

@@ -43,7 +43,10 @@ impl RecordingUpstream {
                         window.extend_from_slice(&buf[..n]);
                         while let Some(n) = request_len(&window) {
                             window.drain(..n);
-                            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -51,7 +54,12 @@ impl RecordingUpstream {
                 });
             }
         });
-        RecordingUpstream { addr, bytes, accepted, task }
+        RecordingUpstream {
+            addr,
+            bytes,
+            accepted,
+            task,
+        }
     }
 
     /// Everything received so far, on all connections.
@@ -62,7 +70,10 @@ impl RecordingUpstream {
     /// The request lines received so far (`GET /x HTTP/1.1`, ...).
     pub fn request_lines(&self) -> Vec<String> {
         let text = String::from_utf8_lossy(&self.received()).into_owned();
-        text.split("\r\n").filter(|l| l.ends_with(" HTTP/1.1") && !l.contains(':')).map(str::to_string).collect()
+        text.split("\r\n")
+            .filter(|l| l.ends_with(" HTTP/1.1") && !l.contains(':'))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Connections accepted so far.
@@ -74,15 +85,28 @@ impl RecordingUpstream {
 /// The length of the complete request at the front of `buf` (head and a Content-Length or
 /// chunked body), if it is complete.
 fn request_len(buf: &[u8]) -> Option<usize> {
-    let find = |from: usize, pat: &[u8]| buf.get(from..)?.windows(pat.len()).position(|w| w == pat).map(|i| i + from);
+    let find = |from: usize, pat: &[u8]| {
+        buf.get(from..)?
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map(|i| i + from)
+    };
     let head = find(0, b"\r\n\r\n")? + 4;
     let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
     if text.contains("transfer-encoding: chunked") {
         // The last chunk, then the trailers' empty line.
-        let last = if buf[head..].starts_with(b"0\r\n") { head } else { find(head, b"\r\n0\r\n")? + 2 };
+        let last = if buf[head..].starts_with(b"0\r\n") {
+            head
+        } else {
+            find(head, b"\r\n0\r\n")? + 2
+        };
         return Some(find(last + 1, b"\r\n\r\n")? + 4);
     }
-    let len = text.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
+    let len = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
     (buf.len() >= head + len).then_some(head + len)
 }
 
@@ -134,7 +158,13 @@ static_resources:
 /// [`YAML`] for `upstream` with extra HCM option lines.
 pub fn yaml(upstream: SocketAddr, options: &[&str]) -> String {
     let options: String = options.iter().map(|o| format!("          {o}\n")).collect();
-    testenv::render(YAML, &[("UPSTREAM_PORT", &upstream.port().to_string()), ("OPTIONS", options.trim_end())])
+    testenv::render(
+        YAML,
+        &[
+            ("UPSTREAM_PORT", &upstream.port().to_string()),
+            ("OPTIONS", options.trim_end()),
+        ],
+    )
 }
 
 /// A malformed (or borderline) request and what Envoy 1.40 answers (checked with the real
@@ -154,11 +184,20 @@ pub struct Case {
 }
 
 fn case(name: &'static str, bytes: &[u8], status: u16, forwarded: bool) -> Case {
-    Case { name, bytes: bytes.to_vec(), status, forwarded, envoy_may_forward: false }
+    Case {
+        name,
+        bytes: bytes.to_vec(),
+        status,
+        forwarded,
+        envoy_may_forward: false,
+    }
 }
 
 fn body_error(name: &'static str, bytes: &[u8]) -> Case {
-    Case { envoy_may_forward: true, ..case(name, bytes, 400, false) }
+    Case {
+        envoy_may_forward: true,
+        ..case(name, bytes, 400, false)
+    }
 }
 
 /// The smuggled request appended to the probes: it must never reach the upstream.

@@ -61,7 +61,12 @@ pub(super) struct ConnIo {
 
 impl ConnIo {
     /// Wraps the socket; `h1` turns on the HTTP/1.1 checks.
-    pub(super) fn new(inner: TcpStream, prefix: Bytes, f: &Arc<Filter>, h1: Option<Arc<OpenStreams>>) -> Self {
+    pub(super) fn new(
+        inner: TcpStream,
+        prefix: Bytes,
+        f: &Arc<Filter>,
+        h1: Option<Arc<OpenStreams>>,
+    ) -> Self {
         let h1 = h1.map(|streams| {
             let limits = Limits {
                 max_head: f.max_request_headers_bytes,
@@ -118,7 +123,10 @@ impl ConnIo {
             return None;
         }
         let (status, text) = match &buf[9..12] {
-            b"431" | b"414" => ("431 Request Header Fields Too Large", "Request Header Fields Too Large"),
+            b"431" | b"414" => (
+                "431 Request Header Fields Too Large",
+                "Request Header Fields Too Large",
+            ),
             _ => ("400 Bad Request", "Bad Request"),
         };
         f.stats.downstream_cx_protocol_error.inc();
@@ -178,7 +186,9 @@ impl Http1 {
                 let changed = streams.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                if streams.started.load(Ordering::Acquire) >= heads && streams.count.load(Ordering::Acquire) == 0 {
+                if streams.started.load(Ordering::Acquire) >= heads
+                    && streams.count.load(Ordering::Acquire) == 0
+                {
                     return;
                 }
                 changed.await;
@@ -190,9 +200,12 @@ impl Http1 {
     fn head_deadline(&self, started: Instant) -> Option<(Instant, HeadTimeout)> {
         let f = &self.filter;
         [
-            f.request_headers_timeout.map(|d| (started + d, HeadTimeout::Headers)),
-            f.request_timeout.map(|d| (started + d, HeadTimeout::Request)),
-            f.stream_idle_timeout.map(|d| (self.last_byte + d, HeadTimeout::Idle)),
+            f.request_headers_timeout
+                .map(|d| (started + d, HeadTimeout::Headers)),
+            f.request_timeout
+                .map(|d| (started + d, HeadTimeout::Request)),
+            f.stream_idle_timeout
+                .map(|d| (self.last_byte + d, HeadTimeout::Idle)),
         ]
         .into_iter()
         .flatten()
@@ -200,7 +213,13 @@ impl Http1 {
     }
 
     /// Fills `buf` with released bytes, reading and checking more as needed.
-    fn poll_read(&mut self, inner: &mut TcpStream, rx: &Counter, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        &mut self,
+        inner: &mut TcpStream,
+        rx: &Counter,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             if self.release > 0 {
                 let n = self.release.min(buf.remaining());
@@ -232,7 +251,11 @@ impl Http1 {
                 }
             }
             self.held.reserve(READ_SIZE);
-            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *inner), cx, &mut self.held))?;
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut *inner),
+                cx,
+                &mut self.held
+            ))?;
             if n == 0 {
                 // hyper gets what is held (an incomplete message) and then EOF, and answers it
                 // as it would have.
@@ -259,7 +282,11 @@ impl Http1 {
 }
 
 impl AsyncRead for ConnIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if !this.prefix.is_empty() && this.h1.is_none() {
             let n = this.prefix.len().min(buf.remaining());
@@ -290,7 +317,11 @@ impl AsyncRead for ConnIo {
 }
 
 impl AsyncWrite for ConnIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
         if let Some(r) = this.rewritten(buf) {
@@ -303,7 +334,11 @@ impl AsyncWrite for ConnIo {
         Poll::Ready(Ok(n))
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
         if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {

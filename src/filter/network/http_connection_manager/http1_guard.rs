@@ -47,7 +47,9 @@ impl Reject {
             Reject::BadRequest(_) => ("400 Bad Request", "Bad Request"),
             Reject::NotImplemented => ("501 Not Implemented", "Not Implemented"),
             Reject::UpgradeRequired => ("426 Upgrade Required", "Upgrade Required"),
-            Reject::Timeout(HeadTimeout::Headers) => ("408 Request Timeout", "request header timeout"),
+            Reject::Timeout(HeadTimeout::Headers) => {
+                ("408 Request Timeout", "request header timeout")
+            }
             Reject::Timeout(HeadTimeout::Request) => ("408 Request Timeout", "request timeout"),
             Reject::Timeout(HeadTimeout::Idle) => ("408 Request Timeout", "stream timeout"),
             Reject::PathFragment => ("400 Bad Request", ""),
@@ -120,10 +122,41 @@ const MAX_CHUNK_LINE: usize = 4096;
 
 /// Methods Envoy's HTTP/1 codec accepts; anything else is a 400.
 const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "ACL", "BIND", "CHECKOUT",
-    "COPY", "LINK", "LOCK", "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MOVE", "MSEARCH", "M-SEARCH", "NOTIFY",
-    "PROPFIND", "PROPPATCH", "PURGE", "REBIND", "REPORT", "SEARCH", "SOURCE", "SUBSCRIBE", "UNBIND", "UNLINK",
-    "UNLOCK", "UNSUBSCRIBE",
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "ACL",
+    "BIND",
+    "CHECKOUT",
+    "COPY",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MOVE",
+    "MSEARCH",
+    "M-SEARCH",
+    "NOTIFY",
+    "PROPFIND",
+    "PROPPATCH",
+    "PURGE",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "SOURCE",
+    "SUBSCRIBE",
+    "UNBIND",
+    "UNLINK",
+    "UNLOCK",
+    "UNSUBSCRIBE",
 ];
 
 /// The framing tracker of one HTTP/1.1 connection.
@@ -138,7 +171,11 @@ pub(super) struct Guard {
 impl Guard {
     /// A guard expecting the first request head.
     pub(super) fn new(limits: Limits) -> Self {
-        Guard { state: State::Head { scanned: 0 }, limits, heads: 0 }
+        Guard {
+            state: State::Head { scanned: 0 },
+            limits,
+            heads: 0,
+        }
     }
 
     /// The number of request heads released to hyper so far.
@@ -160,21 +197,42 @@ impl Guard {
         let mut msg_start = None;
         let r = self.scan(held, &mut pos, &mut msg_start);
         match r {
-            Ok(()) => Step { release: pos, reject: None, whole: false },
+            Ok(()) => Step {
+                release: pos,
+                reject: None,
+                whole: false,
+            },
             // A refused head, or a body error in a message whose head is still held: hyper
             // sees nothing of the message.
-            Err(e) if matches!(self.state, State::Head { .. }) => Step { release: pos, reject: Some(e), whole: true },
+            Err(e) if matches!(self.state, State::Head { .. }) => Step {
+                release: pos,
+                reject: Some(e),
+                whole: true,
+            },
             Err(e) => match msg_start {
                 Some(s) => {
                     self.heads -= 1;
-                    Step { release: s, reject: Some(e), whole: true }
+                    Step {
+                        release: s,
+                        reject: Some(e),
+                        whole: true,
+                    }
                 }
-                None => Step { release: pos, reject: Some(e), whole: false },
+                None => Step {
+                    release: pos,
+                    reject: Some(e),
+                    whole: false,
+                },
             },
         }
     }
 
-    fn scan(&mut self, held: &[u8], pos: &mut usize, msg_start: &mut Option<usize>) -> Result<(), Reject> {
+    fn scan(
+        &mut self,
+        held: &[u8],
+        pos: &mut usize,
+        msg_start: &mut Option<usize>,
+    ) -> Result<(), Reject> {
         loop {
             let rest = &held[*pos..];
             match self.state {
@@ -186,7 +244,10 @@ impl Guard {
                     // Empty lines before a request line are ignored (RFC 9112 §2.2); hyper
                     // skips them too.
                     if scanned == 0 {
-                        let blank = rest.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+                        let blank = rest
+                            .iter()
+                            .take_while(|b| matches!(b, b'\r' | b'\n'))
+                            .count();
                         *pos += blank;
                         if blank > 0 {
                             continue;
@@ -204,9 +265,13 @@ impl Guard {
                                 self.heads += 1;
                             }
                         }
-                        None if rest.len() > self.limits.max_head => self.state = State::Passthrough,
+                        None if rest.len() > self.limits.max_head => {
+                            self.state = State::Passthrough
+                        }
                         None => {
-                            self.state = State::Head { scanned: rest.len() };
+                            self.state = State::Head {
+                                scanned: rest.len(),
+                            };
                             return Ok(());
                         }
                     }
@@ -226,10 +291,16 @@ impl Guard {
                     }
                 }
                 State::ChunkSize => {
-                    let Some(line) = line(rest, MAX_CHUNK_LINE)? else { return Ok(()) };
+                    let Some(line) = line(rest, MAX_CHUNK_LINE)? else {
+                        return Ok(());
+                    };
                     let size = chunk_size(&rest[..line.0])?;
                     *pos += line.1;
-                    self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
                 }
                 State::ChunkEnd => {
                     if rest.len() < 2 {
@@ -245,7 +316,9 @@ impl Guard {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
-                    let Some(line) = line(rest, self.limits.max_head)? else { return Ok(()) };
+                    let Some(line) = line(rest, self.limits.max_head)? else {
+                        return Ok(());
+                    };
                     let text = &rest[..line.0];
                     *pos += line.1;
                     if text.is_empty() {
@@ -265,14 +338,22 @@ impl Guard {
         let first = head.split(|b| *b == b'\n').next().unwrap_or_default();
         let first = first.strip_suffix(b"\r").unwrap_or(first);
         if let Some(v) = first.rsplit(|b| *b == b' ').next() {
-            if v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit() && v != b"HTTP/1.1" {
+            if v.len() == 8
+                && v.starts_with(b"HTTP/")
+                && v[5].is_ascii_digit()
+                && v[6] == b'.'
+                && v[7].is_ascii_digit()
+                && v != b"HTTP/1.1"
+            {
                 return Err(Reject::UpgradeRequired);
             }
         }
         let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
         let mut req = httparse::Request::new(&mut headers);
         // hyper refuses whatever httparse refuses, with its own 400 / 431.
-        let Ok(httparse::Status::Complete(_)) = req.parse(head) else { return Ok(State::Passthrough) };
+        let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+            return Ok(State::Passthrough);
+        };
         let method = req.method.unwrap_or_default();
         if !METHODS.contains(&method) {
             return Err(Reject::BadRequest("http1.codec_error"));
@@ -285,8 +366,15 @@ impl Guard {
         }
         // Envoy's codec checks the authority's characters (RFC 3986: unreserved, sub-delims,
         // `:`, `@`, `[`, `]`, `%`).
-        let authority_ok = |v: &[u8]| v.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@[]%".contains(b));
-        if req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("host") && !authority_ok(h.value)) {
+        let authority_ok = |v: &[u8]| {
+            v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@[]%".contains(b))
+        };
+        if req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("host") && !authority_ok(h.value))
+        {
             return Err(Reject::BadRequest("http1.invalid_characters"));
         }
         let mut te = None;
@@ -307,11 +395,15 @@ impl Guard {
                 return Err(Reject::NotImplemented);
             }
             if cl.is_some() && !self.limits.allow_chunked_length {
-                return Err(Reject::BadRequest("http1.content_length_and_chunked_not_allowed"));
+                return Err(Reject::BadRequest(
+                    "http1.content_length_and_chunked_not_allowed",
+                ));
             }
             return Ok(State::ChunkSize);
         }
-        let Some(cl) = cl else { return Ok(State::Head { scanned: 0 }) };
+        let Some(cl) = cl else {
+            return Ok(State::Head { scanned: 0 });
+        };
         if cl_count > 1 {
             return Err(Reject::BadRequest("http1.content_length_not_allowed"));
         }
@@ -319,7 +411,10 @@ impl Guard {
         if cl.is_empty() || cl.len() > 19 || !cl.iter().all(u8::is_ascii_digit) {
             return Err(Reject::BadRequest("http1.codec_error"));
         }
-        match std::str::from_utf8(cl).ok().and_then(|s| s.parse::<u64>().ok()) {
+        match std::str::from_utf8(cl)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             Some(0) => Ok(State::Head { scanned: 0 }),
             Some(n) => Ok(State::Body(n)),
             None => Err(Reject::BadRequest("http1.codec_error")),
@@ -331,7 +426,10 @@ impl Guard {
 /// `scanned` on so that a head arriving a byte at a time is not rescanned.
 fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
     let from = scanned.saturating_sub(2);
-    let i = buf[from..].windows(2).position(|w| w == b"\n\n" || (w[0] == b'\n' && w[1] == b'\r'))? + from;
+    let i = buf[from..]
+        .windows(2)
+        .position(|w| w == b"\n\n" || (w[0] == b'\n' && w[1] == b'\r'))?
+        + from;
     if buf[i + 1] == b'\n' {
         return Some(i + 2);
     }
@@ -365,7 +463,9 @@ fn chunk_size(line: &[u8]) -> Result<u64, Reject> {
     }
     let rest = &line[digits..];
     let ext = rest.trim_ascii_start();
-    if !(rest.is_empty() || ext.first() == Some(&b';')) || ext.iter().any(|b| matches!(b, b'\r' | b'\0')) {
+    if !(rest.is_empty() || ext.first() == Some(&b';'))
+        || ext.iter().any(|b| matches!(b, b'\r' | b'\0'))
+    {
         return Err(bad);
     }
     let hex = std::str::from_utf8(&line[..digits]).map_err(|_| bad)?;
@@ -374,11 +474,17 @@ fn chunk_size(line: &[u8]) -> Result<u64, Reject> {
 
 /// `field-name ":" OWS field-value OWS` with a token name and no controls but HTAB in the value.
 fn valid_field_line(line: &[u8]) -> bool {
-    let Some(colon) = line.iter().position(|b| *b == b':') else { return false };
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
     let (name, value) = (&line[..colon], &line[colon + 1..]);
     !name.is_empty()
-        && name.iter().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
-        && value.iter().all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+        && value
+            .iter()
+            .all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 use super::*;
 
 fn guard() -> Guard {
-    Guard::new(Limits { max_head: 1024, max_headers: 100, allow_chunked_length: false })
+    Guard::new(Limits {
+        max_head: 1024,
+        max_headers: 100,
+        allow_chunked_length: false,
+    })
 }
 
 /// Feeds `input` in pieces of `step` bytes the way the connection does (released bytes leave
@@ -48,7 +52,10 @@ fn an_incomplete_head_is_held() {
     assert_eq!(g.advance(b"GET / HTTP/1.1\r\nHost: a\r\n").release, 0);
     assert!(g.in_head(b"x"));
     assert_eq!(g.advance(b"GET / HTTP/1.1\r\nHost: a\r\n\r").release, 0);
-    assert_eq!(g.advance(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST").release, 27);
+    assert_eq!(
+        g.advance(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST").release,
+        27
+    );
 }
 
 #[test]
@@ -77,7 +84,12 @@ fn smuggling_shapes_are_refused() {
         (b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", Reject::BadRequest("http1.content_length_and_chunked_not_allowed")),
     ];
     for (input, want) in cases {
-        assert_eq!(all_steps(input), Err(*want), "{}", String::from_utf8_lossy(input));
+        assert_eq!(
+            all_steps(input),
+            Err(*want),
+            "{}",
+            String::from_utf8_lossy(input)
+        );
     }
 }
 
@@ -88,22 +100,47 @@ fn the_bytes_before_a_refused_request_are_released() {
     let mut input = first.to_vec();
     input.extend_from_slice(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n");
     let step = g.advance(&input);
-    assert_eq!(step, Step { release: first.len(), reject: Some(Reject::BadRequest("http1.content_length_not_allowed")), whole: true });
+    assert_eq!(
+        step,
+        Step {
+            release: first.len(),
+            reject: Some(Reject::BadRequest("http1.content_length_not_allowed")),
+            whole: true
+        }
+    );
     let mut g = guard();
     assert_eq!(g.advance(&input[..first.len() + 4]).release, first.len());
     // A chunk error in a body whose head is in the same read: nothing of it is released.
     let mut g = guard();
     let bad = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-    assert_eq!(g.advance(bad), Step { release: 0, reject: Some(Reject::BadRequest("http1.codec_error")), whole: true });
+    assert_eq!(
+        g.advance(bad),
+        Step {
+            release: 0,
+            reject: Some(Reject::BadRequest("http1.codec_error")),
+            whole: true
+        }
+    );
     // ... and in a later read: the head was released, so the HCM cannot answer it cleanly.
     let mut g = guard();
     assert_eq!(g.advance(&bad[..bad.len() - 4]).release, bad.len() - 4);
-    assert_eq!(g.advance(b"zz\r\n"), Step { release: 0, reject: Some(Reject::BadRequest("http1.codec_error")), whole: false });
+    assert_eq!(
+        g.advance(b"zz\r\n"),
+        Step {
+            release: 0,
+            reject: Some(Reject::BadRequest("http1.codec_error")),
+            whole: false
+        }
+    );
 }
 
 #[test]
 fn allow_chunked_length_accepts_both() {
-    let mut g = Guard::new(Limits { max_head: 1024, max_headers: 100, allow_chunked_length: true });
+    let mut g = Guard::new(Limits {
+        max_head: 1024,
+        max_headers: 100,
+        allow_chunked_length: true,
+    });
     let input = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     assert_eq!(run(&mut g, input, 4).map(|v| v.len()), Ok(input.len()));
 }
@@ -111,7 +148,10 @@ fn allow_chunked_length_accepts_both() {
 #[test]
 fn what_hyper_refuses_is_left_to_hyper() {
     // httparse refuses these; hyper answers them (400 / 431) from the same bytes.
-    for input in [&b"GARBAGE\r\n\r\n"[..], b"GET / HTTP/1.1\r\nx a: b\r\n\r\nrest"] {
+    for input in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nx a: b\r\n\r\nrest",
+    ] {
         assert_eq!(all_steps(input).as_deref(), Ok(input));
     }
     // A head longer than the limit goes to hyper (431) without waiting for its end.
@@ -120,7 +160,11 @@ fn what_hyper_refuses_is_left_to_hyper() {
     assert_eq!(g.advance(&long).release, long.len());
     // CONNECT switches the checks off (the HCM answers it and closes).
     let mut g = guard();
-    assert_eq!(g.advance(b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\nxx").release, 37);
+    assert_eq!(
+        g.advance(b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\nxx")
+            .release,
+        37
+    );
 }
 
 #[test]
