@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The resource monitor extension name.
-pub const GLOBAL_DOWNSTREAM_MAX_CONNECTIONS: &str = "envoy.resource_monitors.global_downstream_max_connections";
+pub const GLOBAL_DOWNSTREAM_MAX_CONNECTIONS: &str =
+    "envoy.resource_monitors.global_downstream_max_connections";
 /// Its config's `@type`.
 pub const DOWNSTREAM_CONNECTIONS_TYPE: &str =
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
@@ -69,15 +70,30 @@ impl Drop for GlobalSlot {
 
 impl GlobalConnectionLimit {
     /// Builds the cap from `overload_manager` (`None` when no connection monitor is configured).
-    pub fn build(cfg: Option<&OverloadManagerConfig>, store: &Store) -> Result<Option<Arc<Self>>, ConfigError> {
-        let Some(OverloadManagerConfig { refresh_interval: _, resource_monitors, actions, loadshed_points }) = cfg else {
+    pub fn build(
+        cfg: Option<&OverloadManagerConfig>,
+        store: &Store,
+    ) -> Result<Option<Arc<Self>>, ConfigError> {
+        let Some(OverloadManagerConfig {
+            refresh_interval: _,
+            resource_monitors,
+            actions,
+            loadshed_points,
+        }) = cfg
+        else {
             return Ok(None);
         };
         if !actions.is_empty() {
-            return Err(ConfigError::new("overload_manager.actions", "overload actions are not supported"));
+            return Err(ConfigError::new(
+                "overload_manager.actions",
+                "overload actions are not supported",
+            ));
         }
         if !loadshed_points.is_empty() {
-            return Err(ConfigError::new("overload_manager.loadshed_points", "load-shed points are not supported"));
+            return Err(ConfigError::new(
+                "overload_manager.loadshed_points",
+                "load-shed points are not supported",
+            ));
         }
         let mut limit = None;
         for (i, m) in resource_monitors.iter().enumerate() {
@@ -89,19 +105,35 @@ impl GlobalConnectionLimit {
                 ));
             }
             let tpath = format!("{path}.typed_config");
-            let any = m.typed_config.as_ref().ok_or_else(|| ConfigError::new(&tpath, "typed_config is required"))?;
+            let any = m
+                .typed_config
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(&tpath, "typed_config is required"))?;
             let ty = cfg::any_type(any, &tpath)?;
             if ty != DOWNSTREAM_CONNECTIONS_TYPE {
-                return Err(ConfigError::new(format!("{tpath}.@type"), format!("expected {DOWNSTREAM_CONNECTIONS_TYPE}, got {ty}")));
+                return Err(ConfigError::new(
+                    format!("{tpath}.@type"),
+                    format!("expected {DOWNSTREAM_CONNECTIONS_TYPE}, got {ty}"),
+                ));
             }
-            let DownstreamConnectionsConfig { max_active_downstream_connections } = cfg::decode_any(any, &tpath)?;
-            let max = max_active_downstream_connections.filter(|n| *n > 0).ok_or_else(|| {
-                ConfigError::new(format!("{tpath}.max_active_downstream_connections"), "value must be greater than 0")
-            })?;
+            let DownstreamConnectionsConfig {
+                max_active_downstream_connections,
+            } = cfg::decode_any(any, &tpath)?;
+            let max = max_active_downstream_connections
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{tpath}.max_active_downstream_connections"),
+                        "value must be greater than 0",
+                    )
+                })?;
             let scope = format!("overload.{GLOBAL_DOWNSTREAM_MAX_CONNECTIONS}");
             store.counter(&format!("{scope}.failed_updates"));
             store.gauge(&format!("{scope}.pressure"));
-            limit = Some(Arc::new(GlobalConnectionLimit { max, active: AtomicU64::new(0) }));
+            limit = Some(Arc::new(GlobalConnectionLimit {
+                max,
+                active: AtomicU64::new(0),
+            }));
         }
         Ok(limit)
     }
@@ -110,7 +142,9 @@ impl GlobalConnectionLimit {
     pub fn try_acquire(self: &Arc<Self>) -> Option<GlobalSlot> {
         let max = self.max;
         self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()?;
         Some(GlobalSlot(self.clone()))
     }

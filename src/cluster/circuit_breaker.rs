@@ -84,7 +84,12 @@ pub struct Resource {
 
 impl Resource {
     fn new(max: u64, open: Gauge, remaining: Option<Gauge>) -> Arc<Self> {
-        let r = Arc::new(Resource { current: AtomicU64::new(0), max, open, remaining });
+        let r = Arc::new(Resource {
+            current: AtomicU64::new(0),
+            max,
+            open,
+            remaining,
+        });
         r.publish();
         r
     }
@@ -92,10 +97,14 @@ impl Resource {
     /// Takes one unit if the limit allows it.
     pub fn try_acquire(self: &Arc<Self>) -> Option<ResourceGuard> {
         self.current
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| (c < self.max).then_some(c + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < self.max).then_some(c + 1)
+            })
             .ok()?;
         self.publish();
-        Some(ResourceGuard { resource: self.clone() })
+        Some(ResourceGuard {
+            resource: self.clone(),
+        })
     }
 
     /// Takes one unit even past the limit (Envoy lets a pool with no connection at all make
@@ -103,7 +112,9 @@ impl Resource {
     pub fn acquire_anyway(self: &Arc<Self>) -> ResourceGuard {
         self.current.fetch_add(1, Ordering::AcqRel);
         self.publish();
-        ResourceGuard { resource: self.clone() }
+        ResourceGuard {
+            resource: self.clone(),
+        }
     }
 
     /// Whether one more unit fits now.
@@ -189,10 +200,25 @@ impl ResourceManager {
         };
         ResourceManager {
             connections: resource(*max_connections, DEFAULT_MAX, "cx_open", "remaining_cx"),
-            pending_requests: resource(*max_pending_requests, DEFAULT_MAX, "rq_pending_open", "remaining_pending"),
+            pending_requests: resource(
+                *max_pending_requests,
+                DEFAULT_MAX,
+                "rq_pending_open",
+                "remaining_pending",
+            ),
             requests: resource(*max_requests, DEFAULT_MAX, "rq_open", "remaining_rq"),
-            retries: resource(*max_retries, DEFAULT_MAX_RETRIES, "rq_retry_open", "remaining_retries"),
-            connection_pools: resource(*max_connection_pools, u64::MAX, "cx_pool_open", "remaining_cx_pools"),
+            retries: resource(
+                *max_retries,
+                DEFAULT_MAX_RETRIES,
+                "rq_retry_open",
+                "remaining_retries",
+            ),
+            connection_pools: resource(
+                *max_connection_pools,
+                u64::MAX,
+                "cx_pool_open",
+                "remaining_cx_pools",
+            ),
         }
     }
 }
@@ -243,17 +269,31 @@ pub enum Overflow {
 
 impl CircuitBreakers {
     /// Builds the breakers of cluster `name`; `path` is the cluster's config path.
-    pub fn build(cfg: Option<&CircuitBreakersConfig>, name: &str, path: &str, store: &Store) -> Result<Self, ConfigError> {
+    pub fn build(
+        cfg: Option<&CircuitBreakersConfig>,
+        name: &str,
+        path: &str,
+        store: &Store,
+    ) -> Result<Self, ConfigError> {
         let empty = CircuitBreakersConfig::default();
-        let CircuitBreakersConfig { thresholds, per_host_thresholds } = cfg.unwrap_or(&empty);
+        let CircuitBreakersConfig {
+            thresholds,
+            per_host_thresholds,
+        } = cfg.unwrap_or(&empty);
         let path = format!("{path}.circuit_breakers");
         if !per_host_thresholds.is_empty() {
-            return Err(ConfigError::new(format!("{path}.per_host_thresholds"), "per-host circuit breakers are not supported"));
+            return Err(ConfigError::new(
+                format!("{path}.per_host_thresholds"),
+                "per-host circuit breakers are not supported",
+            ));
         }
         let (mut default, mut high) = (Thresholds::default(), Thresholds::default());
         for (i, t) in thresholds.iter().enumerate() {
             if t.retry_budget.is_some() {
-                return Err(ConfigError::new(format!("{path}.thresholds[{i}].retry_budget"), "retry budgets are not supported (extproxy does not retry)"));
+                return Err(ConfigError::new(
+                    format!("{path}.thresholds[{i}].retry_budget"),
+                    "retry budgets are not supported (extproxy does not retry)",
+                ));
             }
             match t.priority.unwrap_or(RoutingPriority::Default) {
                 RoutingPriority::Default => default = t.clone(),
@@ -262,8 +302,16 @@ impl CircuitBreakers {
         }
         let c = |s: &str| store.counter(&format!("cluster.{name}.{s}"));
         Ok(CircuitBreakers {
-            default: ResourceManager::new(&default, store, &format!("cluster.{name}.circuit_breakers.default")),
-            high: ResourceManager::new(&high, store, &format!("cluster.{name}.circuit_breakers.high")),
+            default: ResourceManager::new(
+                &default,
+                store,
+                &format!("cluster.{name}.circuit_breakers.default"),
+            ),
+            high: ResourceManager::new(
+                &high,
+                store,
+                &format!("cluster.{name}.circuit_breakers.high"),
+            ),
             stats: OverflowStats {
                 upstream_cx_overflow: c("upstream_cx_overflow"),
                 upstream_cx_pool_overflow: c("upstream_cx_pool_overflow"),
@@ -312,22 +360,33 @@ mod tests {
     use super::*;
 
     fn breakers(yaml: &str, store: &Store) -> Result<CircuitBreakers, ConfigError> {
-        let cfg: CircuitBreakersConfig = crate::config::decode(serde_yaml_ng::from_str(yaml).unwrap(), "c.circuit_breakers")?;
+        let cfg: CircuitBreakersConfig =
+            crate::config::decode(serde_yaml_ng::from_str(yaml).unwrap(), "c.circuit_breakers")?;
         CircuitBreakers::build(Some(&cfg), "up", "c", store)
     }
 
     #[test]
     fn defaults_and_gauges_match_envoy() {
         let store = Store::new();
-        let cb = breakers("thresholds: [{track_remaining: true, max_connections: 2}]", &store).unwrap();
+        let cb = breakers(
+            "thresholds: [{track_remaining: true, max_connections: 2}]",
+            &store,
+        )
+        .unwrap();
         let g = |n: &str| store.get(&format!("cluster.up.circuit_breakers.default.{n}"));
         assert_eq!(g("remaining_cx"), Some(2));
         assert_eq!(g("remaining_pending"), Some(1024));
         assert_eq!(g("remaining_rq"), Some(1024));
         assert_eq!(g("remaining_retries"), Some(3));
         assert_eq!(g("remaining_cx_pools").map(|v| v as u64), Some(u64::MAX));
-        assert_eq!(store.get("cluster.up.circuit_breakers.high.cx_open"), Some(0));
-        assert_eq!(store.get("cluster.up.circuit_breakers.high.remaining_cx"), None);
+        assert_eq!(
+            store.get("cluster.up.circuit_breakers.high.cx_open"),
+            Some(0)
+        );
+        assert_eq!(
+            store.get("cluster.up.circuit_breakers.high.remaining_cx"),
+            None
+        );
 
         let a = cb.connection().unwrap();
         assert_eq!((g("cx_open"), g("remaining_cx")), (Some(0), Some(1)));
@@ -367,13 +426,22 @@ mod tests {
         .unwrap();
         assert_eq!(cb.default.requests.max(), 2);
         assert_eq!(cb.high.requests.max(), 5);
-        assert_eq!(store.get("cluster.up.circuit_breakers.high.remaining_rq"), Some(5));
+        assert_eq!(
+            store.get("cluster.up.circuit_breakers.high.remaining_rq"),
+            Some(5)
+        );
     }
 
     #[test]
     fn concurrent_acquires_never_pass_the_limit_and_gauges_settle() {
         let store = Store::new();
-        let cb = Arc::new(breakers("thresholds: [{max_requests: 8, track_remaining: true}]", &store).unwrap());
+        let cb = Arc::new(
+            breakers(
+                "thresholds: [{max_requests: 8, track_remaining: true}]",
+                &store,
+            )
+            .unwrap(),
+        );
         let peak = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -393,7 +461,13 @@ mod tests {
         }
         assert!(peak.load(Ordering::Relaxed) <= 8);
         assert_eq!(cb.default.requests.current(), 0);
-        assert_eq!(store.get("cluster.up.circuit_breakers.default.rq_open"), Some(0));
-        assert_eq!(store.get("cluster.up.circuit_breakers.default.remaining_rq"), Some(8));
+        assert_eq!(
+            store.get("cluster.up.circuit_breakers.default.rq_open"),
+            Some(0)
+        );
+        assert_eq!(
+            store.get("cluster.up.circuit_breakers.default.remaining_rq"),
+            Some(8)
+        );
     }
 }

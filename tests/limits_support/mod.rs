@@ -21,7 +21,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -76,7 +79,10 @@ impl HeldUpstream {
                 Ok(p) => p.forget(),
                 Err(_) => return,
             }
-            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -212,7 +218,10 @@ pub fn continue_for(req: &pb::ProcessingRequest) -> pb::ProcessingResponse {
         Some(Req::RequestTrailers(_)) => Resp::RequestTrailers(t()),
         Some(Req::ResponseTrailers(_)) | None => Resp::ResponseTrailers(t()),
     };
-    pb::ProcessingResponse { response: Some(response), ..Default::default() }
+    pb::ProcessingResponse {
+        response: Some(response),
+        ..Default::default()
+    }
 }
 
 // === bootstraps ===
@@ -350,7 +359,10 @@ pub async fn expect_closed(s: &mut TcpStream) -> Closed {
 pub async fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
     s.write_all(msg).await.unwrap();
     let mut got = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, s.read_exact(&mut got)).await.expect("echo timed out").unwrap();
+    tokio::time::timeout(WAIT, s.read_exact(&mut got))
+        .await
+        .expect("echo timed out")
+        .unwrap();
     got
 }
 

@@ -59,8 +59,17 @@ pub struct Filter {
 }
 
 /// Builds the filter from its typed config.
-pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<Arc<Filter>, ConfigError> {
-    let ConnectionLimitConfig { stat_prefix, max_connections, delay, runtime_enabled } = cfg::decode_any(any, path)?;
+pub fn build(
+    any: &RawAny,
+    path: &str,
+    ctx: &super::BuildContext<'_>,
+) -> Result<Arc<Filter>, ConfigError> {
+    let ConnectionLimitConfig {
+        stat_prefix,
+        max_connections,
+        delay,
+        runtime_enabled,
+    } = cfg::decode_any(any, path)?;
     let violation = |field: &str, what: &str| {
         ConfigError::new(
             format!("{path}.{field}"),
@@ -68,18 +77,37 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
         )
     };
     if stat_prefix.is_empty() {
-        return Err(violation("stat_prefix", "StatPrefix: value length must be at least 1 characters"));
+        return Err(violation(
+            "stat_prefix",
+            "StatPrefix: value length must be at least 1 characters",
+        ));
     }
     let max_connections = match max_connections {
-        None => return Err(ConfigError::new(format!("{path}.max_connections"), "max_connections is required")),
-        Some(0) => return Err(violation("max_connections", "MaxConnections: value must be greater than or equal to 1")),
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.max_connections"),
+                "max_connections is required",
+            ))
+        }
+        Some(0) => {
+            return Err(violation(
+                "max_connections",
+                "MaxConnections: value must be greater than or equal to 1",
+            ))
+        }
         Some(n) => n,
     };
     let enabled = match runtime_enabled {
         None => true,
-        Some(RuntimeFeatureFlag { default_value, runtime_key }) => {
+        Some(RuntimeFeatureFlag {
+            default_value,
+            runtime_key,
+        }) => {
             let Some(v) = default_value else {
-                return Err(ConfigError::new(format!("{path}.runtime_enabled.default_value"), "value is required"));
+                return Err(ConfigError::new(
+                    format!("{path}.runtime_enabled.default_value"),
+                    "value is required",
+                ));
             };
             if runtime_key.is_empty() {
                 return Err(ConfigError::new(
@@ -124,9 +152,17 @@ impl Filter {
             return Ok(Slot { filter: None });
         }
         self.active_connections.inc();
-        let slot = Slot { filter: Some(self.clone()) };
+        let slot = Slot {
+            filter: Some(self.clone()),
+        };
         let max = self.max_connections;
-        if self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
+        if self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
             self.limited_connections.inc();
             self.active.fetch_add(1, Ordering::AcqRel);
             return Err(slot);
@@ -138,7 +174,11 @@ impl Filter {
     /// the server shuts down), dropping what it sends meanwhile.
     pub async fn reject(&self, conn: Connection) {
         let Some(delay) = self.delay else { return };
-        let Connection { mut stream, shutdown, .. } = conn;
+        let Connection {
+            mut stream,
+            shutdown,
+            ..
+        } = conn;
         let mut sink = vec![0u8; 4096];
         let drain = async {
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
