@@ -138,7 +138,9 @@ fn read_available(socket: &TcpStream, room: usize) -> ReadResult {
     let mut eof = false;
     while buf.len() < room {
         if buf.capacity() == buf.len() {
-            buf.reserve((room - buf.len()).min(READ_SIZE));
+            // A full first read means more is waiting: grow once, to all the room there is.
+            // Growing step by step reallocates (and copies) the buffer each time.
+            buf.reserve(room - buf.len());
         }
         let want = room - buf.len();
         match socket.try_read_buf(&mut (&mut buf).limit(want)) {
