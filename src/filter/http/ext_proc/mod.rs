@@ -28,6 +28,7 @@ use crate::cluster::grpc::GrpcChannel;
 use crate::cluster::ClusterManager;
 use crate::config::core::{GrpcService, HeaderValue};
 use crate::config::{ConfigError, RawAny};
+use crate::filter::common::side_stream;
 use crate::filter::common::string_matcher::ListStringMatcher;
 use config::{
     ExternalProcessorConfig, MetadataOptions, OverridesConfig, PerRouteConfig, RouteCacheAction,
@@ -61,6 +62,10 @@ pub struct Filter {
     failure_mode_allow: bool,
     /// The side-stream service.
     service: GrpcService,
+    /// Its side-stream request headers, parsed once.
+    headers: Arc<side_stream::Headers>,
+    /// Its largest response message.
+    max_receive: usize,
     /// Its channel pool (`None`: the cluster does not exist; streams fail at runtime as Envoy's).
     channel: Option<GrpcChannel>,
     /// Metadata options.
@@ -100,6 +105,16 @@ fn channel_for(
         g.authority.as_str()
     };
     cluster.grpc_channel(authority).map(Some)
+}
+
+/// `max_receive_message_length` (unlimited when unset, as in Envoy).
+fn max_receive(service: &GrpcService) -> usize {
+    service
+        .envoy_grpc
+        .as_ref()
+        .and_then(|g| g.max_receive_message_length)
+        .filter(|n| *n > 0)
+        .map_or(usize::MAX, |n| n as usize)
 }
 
 fn list(
@@ -201,6 +216,8 @@ pub fn build(any: &RawAny, path: &str, ctx: &BuildContext<'_>) -> Result<Arc<Fil
         policy: Arc::new(policy),
         mode: Mode::from_config(processing_mode.as_ref()),
         failure_mode_allow,
+        headers: Arc::new(side_stream::Headers::new(&service)),
+        max_receive: max_receive(&service),
         service,
         channel,
         receiving: Arc::new(receiving(&metadata)),
@@ -380,17 +397,26 @@ impl StreamFilter {
         }
         if self.driver.is_none() {
             let cfg = &self.config;
-            let mut service = e.service.clone().unwrap_or_else(|| cfg.service.clone());
             let channel = match &e.service {
                 Some(s) => cfg.route_channel(s),
                 None => cfg.channel.clone(),
             };
-            for h in &e.initial_metadata {
-                match service.initial_metadata.iter_mut().find(|x| x.key == h.key) {
-                    Some(x) => *x = h.clone(),
-                    None => service.initial_metadata.push(h.clone()),
+            // The filter's own service (the common case) has its headers parsed at build time.
+            let (headers, max_receive) = if e.service.is_none() && e.initial_metadata.is_empty() {
+                (cfg.headers.clone(), cfg.max_receive)
+            } else {
+                let mut service = e.service.clone().unwrap_or_else(|| cfg.service.clone());
+                for h in &e.initial_metadata {
+                    match service.initial_metadata.iter_mut().find(|x| x.key == h.key) {
+                        Some(x) => *x = h.clone(),
+                        None => service.initial_metadata.push(h.clone()),
+                    }
                 }
-            }
+                (
+                    Arc::new(side_stream::Headers::new(&service)),
+                    max_receive(&service),
+                )
+            };
             let receiving = match &e.metadata {
                 Some(m) => Arc::new(receiving(m)),
                 None => cfg.receiving.clone(),
@@ -400,15 +426,9 @@ impl StreamFilter {
             if picked.is_none() {
                 core.set_channel_unavailable();
             }
-            let max_receive = service
-                .envoy_grpc
-                .as_ref()
-                .and_then(|g| g.max_receive_message_length)
-                .filter(|n| *n > 0)
-                .map_or(usize::MAX, |n| n as usize);
             let target = stream::SideStreamTarget {
                 channel: picked,
-                service,
+                headers,
                 local: Some(cx.connection.local),
                 max_receive,
             };
@@ -454,9 +474,9 @@ impl StreamFilter {
         let opts = self
             .effective
             .as_ref()
-            .and_then(|e| e.metadata.clone())
-            .unwrap_or_else(|| self.config.metadata.clone());
-        let md = self.config.metadata_context(&opts, cx);
+            .and_then(|e| e.metadata.as_ref())
+            .unwrap_or(&self.config.metadata);
+        let md = self.config.metadata_context(opts, cx);
         let Some(driver) = self.ensure_driver(cx) else {
             return Ok(http::Request::from_parts(parts, body));
         };
@@ -522,9 +542,9 @@ impl StreamFilter {
         let opts = self
             .effective
             .as_ref()
-            .and_then(|e| e.metadata.clone())
-            .unwrap_or_else(|| self.config.metadata.clone());
-        let md = self.config.metadata_context(&opts, cx);
+            .and_then(|e| e.metadata.as_ref())
+            .unwrap_or(&self.config.metadata);
+        let md = self.config.metadata_context(opts, cx);
         let Some(driver) = self.ensure_driver(cx) else {
             return Ok(http::Response::from_parts(parts, body));
         };
