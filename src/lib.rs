@@ -21,6 +21,7 @@
 //! - [`cluster`]: endpoints, load balancing, connect; pooled HTTP/2 channels for processors.
 //! - [`admin`]: `/ready`, `/stats`, `/stats/prometheus`, `/quitquitquit`.
 //! - [`stats`]: counters and gauges with Envoy's names.
+//! - [`pb`]: the ext_proc service messages, generated with `Bytes` body fields.
 
 pub mod admin;
 pub mod cluster;
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod filter;
 pub mod listener;
 pub mod overload;
+pub mod pb;
 pub mod server;
 pub mod stats;
 

@@ -7,7 +7,7 @@ use super::stats::Stats;
 use crate::config::ConfigError;
 use crate::filter::common::string_matcher::ListStringMatcher;
 use envoy_types::pb::envoy::config::core::v3 as core;
-use envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation;
+use crate::pb::ext_proc::HeaderMutation;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{HeaderMap, Method, StatusCode, Uri};
 

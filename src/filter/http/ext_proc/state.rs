@@ -13,7 +13,7 @@ use crate::filter::http::LocalReply;
 use bytes::{Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode as PbMode;
-use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use crate::pb::ext_proc as pb;
 use envoy_types::pb::google::protobuf::Struct;
 use http::{HeaderMap, StatusCode};
 use pb::body_mutation::Mutation as BodyMut;
@@ -460,7 +460,7 @@ impl Core {
 
     fn body_msg(d: Dir, body: &Bytes, eos: bool) -> Req {
         let b = pb::HttpBody {
-            body: body.to_vec(),
+            body: body.clone(),
             end_of_stream: eos,
             ..Default::default()
         };

@@ -342,7 +342,7 @@ impl Core {
             ds.mode.body = BodyMode::None;
             ds.mode.send_trailers = false;
             let new_body = match common.body_mutation.and_then(|b| b.mutation) {
-                Some(BodyMut::Body(b)) => Some(Bytes::from(b)),
+                Some(BodyMut::Body(b)) => Some(b),
                 Some(BodyMut::ClearBody(_)) => Some(Bytes::new()),
                 _ => None,
             };
@@ -404,7 +404,7 @@ impl Core {
             }
             return match mutation {
                 Some(BodyMut::StreamedResponse(s)) => {
-                    self.emit_data(d, Bytes::from(s.body));
+                    self.emit_data(d, s.body);
                     if s.end_of_stream {
                         self.ds(d).fd_body_done = true;
                         if !self.ds_ref(d).trailers_sent {
@@ -427,8 +427,10 @@ impl Core {
                 "spurious message: streamed_response is received while body_mode_ is not FULL_DUPLEX_STREAMED",
             ));
         }
-        let replace = |chunk: Bytes| match &mutation {
-            Some(BodyMut::Body(b)) => Bytes::from(b.clone()),
+        let mutated = mutation.is_some();
+        // Called once on each path below: the mutation's body moves into the output, uncopied.
+        let replace = move |chunk: Bytes| match mutation {
+            Some(BodyMut::Body(b)) => b,
             Some(BodyMut::ClearBody(true)) => Bytes::new(),
             _ => chunk,
         };
@@ -466,7 +468,6 @@ impl Core {
                     .map_err(Failure::Mutation)?;
                 }
                 let body = concat(ds.inflight.drain(..));
-                let mutated = mutation.is_some();
                 let body = replace(body);
                 if mutated && !partial {
                     if let Some(cl) = ds.head.as_ref().and_then(Head::content_length) {
@@ -536,7 +537,7 @@ impl Core {
         let reply = LocalReply {
             status,
             headers,
-            body: Bytes::from(i.body),
+            body: i.body,
             details: underscore(&i.details),
             grpc_status: i.grpc_status.map(|g| g.status),
             stream: None,

@@ -126,7 +126,7 @@ fn sh() -> pb::ProcessingResponse {
 fn body_reply(d: Dir, body: Option<&str>) -> pb::ProcessingResponse {
     let common = pb::CommonResponse {
         body_mutation: body.map(|b| pb::BodyMutation {
-            mutation: Some(BodyMut::Body(b.as_bytes().to_vec())),
+            mutation: Some(BodyMut::Body(Bytes::copy_from_slice(b.as_bytes()))),
         }),
         ..Default::default()
     };
@@ -143,7 +143,7 @@ fn streamed(d: Dir, body: &str, eos: bool) -> pb::ProcessingResponse {
     let common = pb::CommonResponse {
         body_mutation: Some(pb::BodyMutation {
             mutation: Some(BodyMut::StreamedResponse(pb::StreamedBodyResponse {
-                body: body.as_bytes().to_vec(),
+                body: Bytes::copy_from_slice(body.as_bytes()),
                 end_of_stream: eos,
                 ..Default::default()
             })),
@@ -346,7 +346,7 @@ fn immediate_response_on_request_headers() {
     let i = pb::ImmediateResponse {
         status: Some(HttpStatus { code: 100 }),
         details: "my details".into(),
-        body: b"no".to_vec(),
+        body: Bytes::from_static(b"no"),
         headers: Some(pb::HeaderMutation {
             set_headers: vec![HeaderValueOption {
                 header: Some(HeaderValue {
@@ -514,7 +514,7 @@ fn continue_and_replace_with_body() {
     let common = pb::CommonResponse {
         status: pb::common_response::ResponseStatus::ContinueAndReplace as i32,
         body_mutation: Some(pb::BodyMutation {
-            mutation: Some(BodyMut::Body(b"new".to_vec())),
+            mutation: Some(BodyMut::Body(Bytes::from_static(b"new"))),
         }),
         ..Default::default()
     };
@@ -689,13 +689,13 @@ fn streamed_immediate_response_is_streamed_with_trailers() {
     );
     t.core
         .on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse {
-            body: b"ab".to_vec(),
+            body: Bytes::from_static(b"ab"),
             ..Default::default()
         })));
     assert_eq!(drain(&mut t.core), ["data:resp:ab"]);
     t.core
         .on_response(sir(Sir::BodyResponse(pb::StreamedBodyResponse {
-            body: b"c".to_vec(),
+            body: Bytes::from_static(b"c"),
             ..Default::default()
         })));
     assert_eq!(drain(&mut t.core), ["data:resp:c"]);

@@ -29,10 +29,10 @@ use super::stats::Stats;
 use crate::filter::common::attributes::{self, ConnectionInfo};
 use crate::filter::common::metadata::DynamicMetadata;
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::network_ext_proc::v3::processing_response::{
+use crate::pb::network_ext_proc::processing_response::{
     ConnectionStatus, DataProcessedStatus,
 };
-use envoy_types::pb::envoy::service::network_ext_proc::v3::{
+use crate::pb::network_ext_proc::{
     Data, ProcessingRequest, ProcessingResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -222,9 +222,9 @@ impl ExtProcState {
                 req.attributes.insert(ATTRIBUTES_KEY.to_string(), attrs);
             }
         }
-        // The one copy on the way out: prost's `bytes` fields are `Vec<u8>`.
+        // `Bytes` in the generated message (`crate::pb`): the chunk is shared, not copied.
         let data = Some(Data {
-            data: chunk.data.to_vec(),
+            data: chunk.data.clone(),
             end_of_stream: chunk.end_of_stream,
         });
         match d {
@@ -385,7 +385,7 @@ impl ExtProcState {
         let bytes = match original {
             // N1: `UNMODIFIED` without data means "forward what I was sent".
             Some(o) if unmodified && data.is_empty() => o.data,
-            _ => Bytes::from(data),
+            _ => data,
         };
         self.emit(
             d,

@@ -93,7 +93,7 @@ impl Harness {
 fn read(data: &[u8], eos: bool) -> ProcessingResponse {
     ProcessingResponse {
         read_data: Some(Data {
-            data: data.to_vec(),
+            data: Bytes::copy_from_slice(data),
             end_of_stream: eos,
         }),
         ..Default::default()
@@ -103,7 +103,7 @@ fn read(data: &[u8], eos: bool) -> ProcessingResponse {
 fn write(data: &[u8], eos: bool) -> ProcessingResponse {
     ProcessingResponse {
         write_data: Some(Data {
-            data: data.to_vec(),
+            data: Bytes::copy_from_slice(data),
             end_of_stream: eos,
         }),
         ..Default::default()
@@ -137,7 +137,7 @@ fn read_chunk_is_sent_then_the_response_is_forwarded() {
     assert_eq!(
         req.read_data,
         Some(Data {
-            data: b"hello".to_vec(),
+            data: Bytes::from_static(b"hello"),
             end_of_stream: false
         })
     );
@@ -610,7 +610,7 @@ fn bare_fin_is_sent_and_needs_an_eos_answer_to_propagate() {
     assert_eq!(
         sent(&req).read_data,
         Some(Data {
-            data: vec![],
+            data: Bytes::new(),
             end_of_stream: true
         })
     );

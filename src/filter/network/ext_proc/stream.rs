@@ -5,8 +5,8 @@
 use super::state::StreamEnd;
 use crate::config::core::GrpcService;
 use crate::filter::common::side_stream;
-use envoy_types::pb::envoy::service::network_ext_proc::v3::network_external_processor_client::NetworkExternalProcessorClient;
-use envoy_types::pb::envoy::service::network_ext_proc::v3::{
+use crate::pb::network_ext_proc::network_external_processor_client::NetworkExternalProcessorClient;
+use crate::pb::network_ext_proc::{
     ProcessingRequest, ProcessingResponse,
 };
 use std::net::SocketAddr;
