@@ -5,12 +5,11 @@
 
 use super::mutation::Head;
 use super::state::{Action, Core, Dir};
-use crate::config::core::GrpcService;
 use crate::filter::http::{Abort, Body, BoxError, LocalBody, LocalReply, StreamAbort};
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3 as core;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use crate::pb::ext_proc::external_processor_client::ExternalProcessorClient;
+use crate::pb::ext_proc::{ProcessingRequest, ProcessingResponse};
 use envoy_types::pb::google::protobuf::Struct;
 use http::HeaderMap;
 use http_body::{Body as _, Frame};
@@ -81,8 +80,8 @@ pub struct Message {
 pub struct SideStreamTarget {
     /// A channel of the cluster's pool, or `None` if the cluster does not exist.
     pub channel: Option<crate::cluster::grpc::SideChannel>,
-    /// The service config, with merged initial metadata.
-    pub service: GrpcService,
+    /// The side stream's request headers (the service's, with merged initial metadata).
+    pub headers: std::sync::Arc<crate::filter::common::side_stream::Headers>,
     /// Local address of the downstream connection (`x-forwarded-for`).
     pub local: Option<SocketAddr>,
     /// Largest response message accepted (`max_receive_message_length`; unlimited when unset,
@@ -93,7 +92,8 @@ pub struct SideStreamTarget {
 /// Handle to a running driver.
 #[derive(Debug)]
 pub struct Driver {
-    tx: mpsc::UnboundedSender<(Dir, Message)>,
+    /// Boxed: the channel allocates its slots in blocks of 32, and a `Message` is large.
+    tx: mpsc::UnboundedSender<Box<(Dir, Message)>>,
 }
 
 impl Driver {
@@ -106,7 +106,9 @@ impl Driver {
     ) -> Driver {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Task::new(core, target, abort, rx, deferred_close);
-        tokio::spawn(task.run());
+        // Boxed: the driver's future is large, and tokio moves a spawned future several times
+        // (into the task cell, and through each stage change); a box moves as one pointer.
+        tokio::spawn(Box::pin(task.run()));
         Driver { tx }
     }
 
@@ -118,7 +120,7 @@ impl Driver {
         msg: Message,
         reply: oneshot::Receiver<Outcome<Head>>,
     ) -> Result<Outcome<Head>, Option<Message>> {
-        if let Err(e) = self.tx.send((dir, msg)) {
+        if let Err(e) = self.tx.send(Box::new((dir, msg))) {
             return Err(Some(e.0 .1));
         }
         reply.await.map_err(|_| None)
@@ -147,7 +149,11 @@ struct DirIo {
     src: Option<Body>,
     out: Option<mpsc::Sender<Result<Frame<Bytes>, BoxError>>>,
     reply: Option<oneshot::Sender<Outcome<Head>>>,
-    deadline: Option<Instant>,
+    /// The message timer, re-armed in place: a new `Sleep` on every loop turn would register
+    /// and cancel a timer-wheel entry each time.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer is running.
+    armed: bool,
     active: bool,
 }
 
@@ -155,7 +161,7 @@ struct Task {
     core: Core,
     target: SideStreamTarget,
     abort: StreamAbort,
-    cmds: mpsc::UnboundedReceiver<(Dir, Message)>,
+    cmds: mpsc::UnboundedReceiver<Box<(Dir, Message)>>,
     cmds_open: bool,
     side: Option<Side>,
     io: [DirIo; 2],
@@ -179,9 +185,9 @@ async fn next_frame(src: &mut Option<Body>) -> Option<Result<Frame<Bytes>, BoxEr
     }
 }
 
-async fn sleep_until(t: Option<Instant>) {
+async fn wait_timer(t: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match t {
-        Some(t) => tokio::time::sleep_until(t).await,
+        Some(t) => t.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -205,7 +211,7 @@ impl Task {
         core: Core,
         target: SideStreamTarget,
         abort: StreamAbort,
-        cmds: mpsc::UnboundedReceiver<(Dir, Message)>,
+        cmds: mpsc::UnboundedReceiver<Box<(Dir, Message)>>,
         deferred_close: Option<Duration>,
     ) -> Self {
         Task {
@@ -234,11 +240,14 @@ impl Task {
                 self.core.data_paused(Dir::Response),
             ];
             let [req, resp] = &mut self.io;
-            let (req_deadline, resp_deadline) = (req.deadline, resp.deadline);
+            let armed = [req.armed, resp.armed];
             tokio::select! {
                 biased;
                 cmd = self.cmds.recv(), if self.cmds_open => match cmd {
-                    Some((d, msg)) => self.on_message(d, msg),
+                    Some(cmd) => {
+                        let (d, msg) = *cmd;
+                        self.on_message(d, msg)
+                    }
                     None => self.cmds_open = false,
                 },
                 // Body data first: a message that is already complete is taken whole before a
@@ -246,12 +255,12 @@ impl Task {
                 f = next_frame(&mut req.src), if !paused[0] => self.on_frame(Dir::Request, f),
                 f = next_frame(&mut resp.src), if !paused[1] => self.on_frame(Dir::Response, f),
                 ev = side_event(&mut self.side) => self.on_side_event(ev),
-                () = sleep_until(req_deadline) => {
-                    self.io[0].deadline = None;
+                () = wait_timer(&mut req.timer), if armed[0] => {
+                    self.io[0].armed = false;
                     self.core.on_timeout(Dir::Request);
                 }
-                () = sleep_until(resp_deadline) => {
-                    self.io[1].deadline = None;
+                () = wait_timer(&mut resp.timer), if armed[1] => {
+                    self.io[1].armed = false;
                     self.core.on_timeout(Dir::Response);
                 }
             }
@@ -350,7 +359,7 @@ impl Task {
         while let Some(a) = self.core.poll_action() {
             match a {
                 Action::Send(msg) => self.send(*msg).await,
-                Action::Timer(d, t) => self.io[idx(d)].deadline = t.map(|t| Instant::now() + t),
+                Action::Timer(d, t) => self.set_timer(d, t),
                 Action::Headers(d, head, end) => self.forward_head(d, head, end),
                 Action::Data(d, b) => self.output(d, Ok(Frame::data(b))).await,
                 Action::Trailers(d, t) => self.output(d, Ok(Frame::trailers(t))).await,
@@ -376,17 +385,28 @@ impl Task {
         }
     }
 
+    fn set_timer(&mut self, d: Dir, t: Option<Duration>) {
+        let io = &mut self.io[idx(d)];
+        io.armed = t.is_some();
+        if let Some(t) = t {
+            let at = Instant::now() + t;
+            match io.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(at),
+                None => io.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+    }
+
     async fn send(&mut self, msg: ProcessingRequest) {
         if self.side.is_none() {
             let Some(channel) = self.target.channel.clone() else {
                 return;
             };
             let (tx, rx) = mpsc::channel(SIDE_STREAM_QUEUE);
-            let req = crate::filter::common::side_stream::request(
-                ReceiverStream::new(rx),
-                &self.target.service,
-                self.target.local,
-            );
+            let req = self
+                .target
+                .headers
+                .request(ReceiverStream::new(rx), self.target.local);
             let mut client = ExternalProcessorClient::new(channel)
                 .max_decoding_message_size(self.target.max_receive);
             let open: OpenFuture = Box::pin(async move { client.process(req).await });
