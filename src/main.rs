@@ -84,16 +84,11 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
 }
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    // One worker (`--concurrency 1`): a single-threaded runtime, like one Envoy worker thread:
-    // no work-stealing queues or cross-thread wake-ups on the request path.
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    builder.enable_all().build().context("cannot start the runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
