@@ -6,7 +6,7 @@
 
 use arbitrary::Arbitrary;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation;
+use extproxy::pb::ext_proc::HeaderMutation;
 use envoy_types::pb::google::protobuf::BoolValue;
 use extproxy::filter::http::ext_proc::mutation::{self, Checker, Context, ForwardRules, Head, Target};
 use extproxy::filter::http::ext_proc::stats::Stats;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode as PbMode;
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use extproxy::pb::ext_proc as pb;
 use extproxy::filter::http::ext_proc::config::RouteCacheAction;
 use extproxy::filter::http::ext_proc::mutation::{Checker, Head};
 use extproxy::filter::http::ext_proc::state::{raw_mode_key, Action, BodyMode, Core, Dir, DirMode, Mode, Policy};
@@ -153,11 +153,11 @@ impl Common {
             header_mutation: self.mutation.as_ref().map(Mutation::get),
             body_mutation: self.body.as_ref().map(|b| pb::BodyMutation {
                 mutation: Some(match b {
-                    BodyMutation::Body(v) => pb::body_mutation::Mutation::Body(v.clone()),
+                    BodyMutation::Body(v) => pb::body_mutation::Mutation::Body(v.clone().into()),
                     BodyMutation::Clear(c) => pb::body_mutation::Mutation::ClearBody(*c),
                     BodyMutation::Streamed(v, eos) => {
                         pb::body_mutation::Mutation::StreamedResponse(pb::StreamedBodyResponse {
-                            body: v.clone(),
+                            body: v.clone().into(),
                             end_of_stream: *eos,
                             ..Default::default()
                         })
@@ -222,7 +222,7 @@ impl Reply {
             Kind::Immediate { status, headers, body, details } => Some(Resp::ImmediateResponse(pb::ImmediateResponse {
                 status: Some(HttpStatus { code: i32::from(*status) }),
                 headers: headers.as_ref().map(Mutation::get),
-                body: body.clone(),
+                body: body.clone().into(),
                 grpc_status: None,
                 details: details.clone(),
             })),
@@ -231,7 +231,7 @@ impl Reply {
                 end_of_stream: *eos,
                 ..Default::default()
             })),
-            Kind::StreamedBody(b, eos) => sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b.clone(), end_of_stream: *eos, ..Default::default() })),
+            Kind::StreamedBody(b, eos) => sir(Sir::BodyResponse(pb::StreamedBodyResponse { body: b.clone().into(), end_of_stream: *eos, ..Default::default() })),
             Kind::StreamedTrailers(t) => sir(Sir::TrailersResponse(proto_map(t))),
             Kind::None => None,
         };

@@ -11,7 +11,7 @@
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::network_ext_proc::v3::{Data, ProcessingResponse};
+use extproxy::pb::network_ext_proc::{Data, ProcessingResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use extproxy::filter::common::attributes::{compile_all, ConnectionInfo};
 use extproxy::filter::common::metadata::DynamicMetadata;
@@ -76,7 +76,7 @@ impl Reply {
             Reply::Raw(b) => ProcessingResponse::decode(b.as_slice()).ok(),
             Reply::Structured { read, write, status, connection, metadata, close_stream } => {
                 let data = |d: &Option<(Vec<u8>, bool)>| {
-                    d.as_ref().map(|(data, eos)| Data { data: data.clone(), end_of_stream: *eos })
+                    d.as_ref().map(|(data, eos)| Data { data: data.clone().into(), end_of_stream: *eos })
                 };
                 Some(ProcessingResponse {
                     read_data: data(read),
