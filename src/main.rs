@@ -6,11 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of glibc malloc: the request path allocates (header maps, protobuf messages,
-/// tasks), and malloc/free were ~18% of the instructions per ext_proc request (bench/icount).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// extproxy: Envoy's external processing, in Rust. Takes Envoy's own bootstrap YAML.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
