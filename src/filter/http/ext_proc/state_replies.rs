@@ -133,7 +133,7 @@ impl Core {
                     return Err(Failure::Spurious("unhandled message"));
                 }
                 if !b.body.is_empty() {
-                    self.out.push_back(Action::Data(Dir::Response, b.body.into()));
+                    self.out.push_back(Action::Data(Dir::Response, b.body));
                 }
                 b.end_of_stream
             }
