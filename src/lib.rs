@@ -19,6 +19,7 @@
 //! - [`filter`]: network filters (ext_proc, tcp_proxy, http_connection_manager) and HTTP
 //!   filters (ext_proc, router).
 //! - [`cluster`]: endpoints, load balancing, connect; pooled HTTP/2 channels for processors.
+//! - [`transport_socket`]: plain TCP or TLS (rustls) on both sides of the proxy.
 //! - [`admin`]: `/ready`, `/stats`, `/stats/prometheus`, `/quitquitquit`.
 //! - [`stats`]: counters and gauges with Envoy's names.
 //! - [`pb`]: the ext_proc service messages, generated with `Bytes` body fields.
@@ -33,5 +34,6 @@ pub mod overload;
 pub mod pb;
 pub mod server;
 pub mod stats;
+pub mod transport_socket;
 
 pub use server::{Options, Server};

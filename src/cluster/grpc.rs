@@ -15,6 +15,7 @@ use super::{Cluster, UpstreamProtocol};
 use crate::config::core::ResolvedAddress;
 use crate::config::ConfigError;
 use bytes::Bytes;
+use crate::transport_socket::{tls::ClientTls, Stream};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
@@ -50,13 +51,15 @@ impl GrpcChannel {
                 "a gRPC service cluster must be configured for HTTP/2 (typed_extension_protocol_options with explicit_http_config.http2_protocol_options)",
             ));
         }
-        let origin: http::Uri = format!("http://{authority}")
+        // Over TLS the side stream's `:scheme` is https, as Envoy sends it.
+        let scheme = if cluster.tls.is_some() { "https" } else { "http" };
+        let origin: http::Uri = format!("{scheme}://{authority}")
             .parse()
             .map_err(|e| ConfigError::new("envoy_grpc.authority", format!("invalid authority {authority:?}: {e}")))?;
         let mut channels = Vec::new();
         for addr in cluster.endpoints() {
             for _ in 0..per_endpoint {
-                channels.push(channel(addr, &origin, cluster.connect_timeout)?);
+                channels.push(channel(addr, &origin, cluster.connect_timeout, cluster.tls.as_ref())?);
             }
         }
         Ok(GrpcChannel {
@@ -91,6 +94,7 @@ fn channel(
     addr: &ResolvedAddress,
     origin: &http::Uri,
     connect_timeout: std::time::Duration,
+    tls: Option<&ClientTls>,
 ) -> Result<Channel, ConfigError> {
     let invalid = |e: tonic::transport::Error| ConfigError::new(format!("endpoint {addr}"), e.to_string());
     let uri = match addr {
@@ -109,9 +113,32 @@ fn channel(
         .initial_connection_window_size(Some(16 * 1024 * 1024))
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(false);
-    Ok(match addr {
-        ResolvedAddress::Tcp { .. } => endpoint.connect_lazy(),
-        ResolvedAddress::Unix(path) => {
+    Ok(match (addr, tls) {
+        (ResolvedAddress::Tcp { .. }, None) => endpoint.connect_lazy(),
+        (ResolvedAddress::Tcp { host, port }, Some(tls)) => {
+            let (host, port, tls) = (host.clone(), *port, tls.clone());
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                let (host, tls) = (host.clone(), tls.clone());
+                async move {
+                    let connect = async {
+                        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                        let _ = tcp.set_nodelay(true);
+                        tls.connect(tcp).await
+                    };
+                    let s = tokio::time::timeout(connect_timeout, connect)
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                    Ok::<_, std::io::Error>(TokioIo::new(Stream::client_tls(s)))
+                }
+            }))
+        }
+        (ResolvedAddress::Unix(_), Some(_)) => {
+            return Err(ConfigError::new(
+                format!("endpoint {addr}"),
+                "TLS to a Unix socket endpoint is not supported",
+            ))
+        }
+        (ResolvedAddress::Unix(path), None) => {
             let path = path.clone();
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                 let path = path.clone();

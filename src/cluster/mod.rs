@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use crate::transport_socket::{self, tls::ClientTls, Stream};
 use tokio::net::TcpStream;
 
 pub use config::UpstreamProtocol;
@@ -41,6 +42,9 @@ pub enum ConnectError {
     /// The endpoint is a Unix socket, which this caller cannot use.
     #[error("endpoint {0} is not a TCP address")]
     NotTcp(String),
+    /// The TLS handshake failed (counted under `cluster.<name>.ssl.*`).
+    #[error("TLS error: {0}")]
+    Tls(std::io::Error),
 }
 
 /// Counters Envoy keeps under `cluster.<name>.`.
@@ -95,6 +99,8 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// `circuit_breakers`: the limits the router, tcp_proxy and side streams take from.
     pub circuit_breakers: Arc<circuit_breaker::CircuitBreakers>,
+    /// The cluster's `transport_socket` when it is TLS.
+    pub tls: Option<ClientTls>,
     endpoints: Vec<ResolvedAddress>,
     lb_policy: LbPolicy,
     discovery: DiscoveryType,
@@ -123,6 +129,7 @@ impl Cluster {
             http2_protocol_options,
             per_connection_buffer_limit_bytes,
             circuit_breakers,
+            transport_socket,
         } = c;
         if name.is_empty() {
             return Err(ConfigError::new(format!("{path}.name"), "cluster name must not be empty"));
@@ -151,6 +158,17 @@ impl Cluster {
             }
         }
         let protocol = config::protocol(typed_extension_protocol_options, http2_protocol_options, path)?;
+        let default_alpn: &[&str] = match protocol {
+            UpstreamProtocol::Http2 => &["h2"],
+            UpstreamProtocol::Http1 => &[],
+        };
+        let tls = transport_socket::upstream(
+            transport_socket,
+            &format!("{path}.transport_socket"),
+            store,
+            &format!("cluster.{name}"),
+            default_alpn,
+        )?;
         Ok(Cluster {
             name: name.clone(),
             connect_timeout: connect_timeout.map(|d| d.get()).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
@@ -160,6 +178,7 @@ impl Cluster {
                 .unwrap_or(DEFAULT_BUFFER_LIMIT),
             stats: ClusterStats::new(store, name),
             circuit_breakers: Arc::new(circuit_breaker::CircuitBreakers::build(circuit_breakers.as_ref(), name, path, store)?),
+            tls,
             endpoints,
             lb_policy,
             discovery,
@@ -187,9 +206,26 @@ impl Cluster {
         self.endpoints.get(i)
     }
 
+    /// Opens a connection to an endpoint (TCP within `connect_timeout`, then the TLS handshake
+    /// when the cluster has a TLS transport socket), with stats.
+    pub async fn connect(&self) -> Result<Stream, ConnectError> {
+        let tcp = self.connect_tcp().await?;
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            // Envoy counts a failed handshake as a connect failure too.
+            Some(tls) => match tls.connect(tcp).await {
+                Ok(s) => Ok(Stream::client_tls(s)),
+                Err(e) => {
+                    self.stats.upstream_cx_connect_fail.inc();
+                    Err(ConnectError::Tls(e))
+                }
+            },
+        }
+    }
+
     /// Opens a TCP connection to an endpoint, within `connect_timeout`, with stats.
     /// DNS clusters resolve the host name at connect time.
-    pub async fn connect(&self) -> Result<TcpStream, ConnectError> {
+    pub async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
         let addr = self.pick().ok_or(ConnectError::NoHealthyUpstream)?.clone();
         self.stats.upstream_cx_total.inc();
         let result = tokio::time::timeout(self.connect_timeout, async {

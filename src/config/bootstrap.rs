@@ -1,6 +1,6 @@
 //! `envoy.config.bootstrap.v3.Bootstrap` and the static listener / cluster resources.
 
-use super::core::{Address, ResolvedAddress};
+use super::core::{Address, ResolvedAddress, TransportSocket};
 use super::value::{deserialize_opt_u64, Duration};
 use super::{ConfigError, RawAny};
 use crate::proto_enum;
@@ -86,6 +86,8 @@ pub struct FilterChain {
     /// Network filters, in order; the last one is terminal (tcp_proxy or http_connection_manager).
     #[serde(default)]
     pub filters: Vec<Filter>,
+    /// Downstream TLS (`DownstreamTlsContext`); plain TCP when absent.
+    pub transport_socket: Option<TransportSocket>,
 }
 
 /// A named extension with its `typed_config`.
@@ -154,6 +156,8 @@ pub struct Cluster {
     pub per_connection_buffer_limit_bytes: Option<u64>,
     /// Resource limits per priority (Envoy's defaults apply when absent).
     pub circuit_breakers: Option<crate::cluster::circuit_breaker::CircuitBreakersConfig>,
+    /// Upstream TLS (`UpstreamTlsContext`); plain TCP when absent.
+    pub transport_socket: Option<TransportSocket>,
 }
 
 /// `config.endpoint.v3.ClusterLoadAssignment`.

@@ -47,6 +47,17 @@ pub struct Pipe {
     pub mode: u32,
 }
 
+/// `config.core.v3.TransportSocket`: how bytes are carried on a connection (plain or TLS). Its
+/// `typed_config` is decoded by `crate::transport_socket`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSocket {
+    /// Extension name: `envoy.transport_sockets.tls` or `envoy.transport_sockets.raw_buffer`.
+    pub name: String,
+    /// `DownstreamTlsContext` (listeners) or `UpstreamTlsContext` (clusters).
+    pub typed_config: Option<super::RawAny>,
+}
+
 /// A resolved address: where to bind or connect.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ResolvedAddress {

@@ -9,10 +9,11 @@ use crate::config::core::ResolvedAddress;
 use crate::config::{self as cfg, ConfigError};
 use crate::filter::network::{BuildContext, FilterChain};
 use crate::stats::{Counter, Gauge, GaugeGuard, Store};
+use crate::transport_socket::{self, tls::ServerTls, Stream};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,8 +28,8 @@ pub fn next_connection_id() -> u64 {
 /// One accepted downstream connection, as handed to a filter chain.
 #[derive(Debug)]
 pub struct Connection {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket: plain TCP, or TLS once the handshake is done.
+    pub stream: Stream,
     /// Process-wide connection id (`connection.id`).
     pub id: u64,
     /// The client's address (`source.address`).
@@ -59,6 +60,8 @@ pub struct Listener {
     socket: TcpListener,
     local_addr: SocketAddr,
     chain: Arc<FilterChain>,
+    /// The filter chain's `transport_socket` when it is TLS.
+    tls: Option<ServerTls>,
     buffer_limit: usize,
     stats: ListenerStats,
     /// The overload manager's global downstream connection limit, if configured.
@@ -79,6 +82,12 @@ impl Listener {
             return Err(ConfigError::new(format!("{path}.filter_chains"), "no filter chains specified"));
         };
         FilterChain::build(chain_cfg, &format!("{path}.filter_chains[0]"), &ctx)?;
+        transport_socket::downstream(
+            &chain_cfg.transport_socket,
+            &format!("{path}.filter_chains[0].transport_socket"),
+            store,
+            "listener.validate",
+        )?;
         if let ResolvedAddress::Tcp { host, .. } = l.address.resolve(&format!("{path}.address"))? {
             host.parse::<std::net::IpAddr>().map_err(|_| {
                 ConfigError::new(format!("{path}.address.socket_address.address"), format!("malformed IP address: {host}"))
@@ -121,13 +130,19 @@ impl Listener {
         } else {
             format!("listener.{stat_prefix}")
         };
+        let tls = transport_socket::downstream(
+            &chain_cfg.transport_socket,
+            &format!("{path}.filter_chains[0].transport_socket"),
+            store,
+            &scope,
+        )?;
         let stats = ListenerStats {
             downstream_cx_total: store.counter(&format!("{scope}.downstream_cx_total")),
             downstream_cx_destroy: store.counter(&format!("{scope}.downstream_cx_destroy")),
             downstream_cx_active: store.gauge(&format!("{scope}.downstream_cx_active")),
             downstream_global_cx_overflow: store.counter(&format!("{scope}.downstream_global_cx_overflow")),
         };
-        Ok(Listener { name: name.clone(), socket, local_addr, chain: Arc::new(chain), buffer_limit, stats, global_limit: None })
+        Ok(Listener { name: name.clone(), socket, local_addr, chain: Arc::new(chain), tls, buffer_limit, stats, global_limit: None })
     }
 
     /// The bound address (the real port when the config said 0).
@@ -170,21 +185,35 @@ impl Listener {
             };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(self.local_addr);
-            let conn = Connection {
-                stream,
-                id: next_connection_id(),
-                peer,
-                local,
-                buffer_limit: self.buffer_limit,
-                shutdown: shutdown.clone(),
-            };
             let chain = self.chain.clone();
             let stats = self.stats.clone();
+            let tls = self.tls.clone();
+            let buffer_limit = self.buffer_limit;
+            let shutdown = shutdown.clone();
+            let id = next_connection_id();
             stats.downstream_cx_total.inc();
             tracker.spawn(async move {
                 let _global_slot = global_slot;
                 let _active = GaugeGuard::new(&stats.downstream_cx_active);
-                chain.handle(conn).await;
+                // The handshake runs in the connection's task: a slow or failed one only
+                // affects this connection (it is counted under `ssl.*` and closed).
+                let stream = match tls {
+                    None => Some(Stream::Plain(stream)),
+                    Some(tls) => tokio::select! {
+                        r = tls.accept(stream) => match r {
+                            Ok(s) => Some(Stream::server_tls(s)),
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                None
+                            }
+                        },
+                        _ = shutdown.cancelled() => None,
+                    },
+                };
+                if let Some(stream) = stream {
+                    let conn = Connection { stream, id, peer, local, buffer_limit, shutdown };
+                    chain.handle(conn).await;
+                }
                 stats.downstream_cx_destroy.inc();
             });
         }

@@ -53,7 +53,8 @@ pub struct FilterChain {
 impl FilterChain {
     /// Builds and validates a chain; errors name the offending filter's path.
     pub fn build(chain: &cfg::FilterChain, path: &str, ctx: &BuildContext<'_>) -> Result<Self, ConfigError> {
-        let cfg::FilterChain { name: _, filters } = chain;
+        // The transport socket is the listener's business (`listener::Listener::bind`).
+        let cfg::FilterChain { name: _, filters, transport_socket: _ } = chain;
         let mut ext_procs = Vec::new();
         let mut connection_limits = Vec::new();
         let mut terminal = None;

@@ -191,7 +191,7 @@ impl Pool {
         self.cluster.protocol
     }
 
-    async fn connect(&self) -> Result<TokioIo<tokio::net::TcpStream>, UpstreamError> {
+    async fn connect(&self) -> Result<TokioIo<crate::transport_socket::Stream>, UpstreamError> {
         self.stats.pending_total.inc();
         match self.cluster.connect().await {
             Ok(s) => Ok(TokioIo::new(s)),

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use crate::transport_socket::Stream;
 use tokio_util::sync::CancellationToken;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -28,7 +28,7 @@ const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// Reads until the bytes either diverge from the HTTP/2 preface or complete it. Returns
 /// `(is_h2, bytes read)`, or `None` if the peer closed first.
-async fn sniff(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
+async fn sniff(stream: &mut Stream) -> io::Result<Option<(bool, Bytes)>> {
     let mut buf = [0u8; 24];
     let mut n = 0;
     loop {
@@ -103,10 +103,14 @@ pub(super) async fn serve(conn: crate::listener::Connection, f: Arc<Filter>) {
     let crate::listener::Connection { mut stream, id, peer, local, buffer_limit: _, shutdown } = conn;
     f.stats.downstream_cx_total.inc();
     let _active = GaugeGuard::new(&f.stats.downstream_cx_active);
-    let detected = match f.codec {
-        super::CodecType::Http1 => Some((false, Bytes::new())),
-        super::CodecType::Http2 => Some((true, Bytes::new())),
-        super::CodecType::Auto => {
+    // Over TLS, AUTO follows ALPN when the client negotiated a protocol (as Envoy does).
+    let alpn = stream.tls_info().and_then(|t| t.alpn);
+    let detected = match (f.codec, alpn.as_deref()) {
+        (super::CodecType::Http1, _) => Some((false, Bytes::new())),
+        (super::CodecType::Http2, _) => Some((true, Bytes::new())),
+        (super::CodecType::Auto, Some(b"h2")) => Some((true, Bytes::new())),
+        (super::CodecType::Auto, Some(b"http/1.1")) => Some((false, Bytes::new())),
+        (super::CodecType::Auto, _) => {
             let idle = f.idle_timeout.unwrap_or(Duration::MAX);
             tokio::select! {
                 r = sniff(&mut stream) => r.ok().flatten(),
@@ -121,9 +125,10 @@ pub(super) async fn serve(conn: crate::listener::Connection, f: Arc<Filter>) {
     f.stats.downstream_cx_destroy.inc();
 }
 
-async fn run(stream: TcpStream, prefix: Bytes, is_h2: bool, info: ConnectionInfo, f: &Arc<Filter>, shutdown: &CancellationToken) {
+async fn run(stream: Stream, prefix: Bytes, is_h2: bool, info: ConnectionInfo, f: &Arc<Filter>, shutdown: &CancellationToken) {
     let streams = Arc::new(OpenStreams::default());
-    let shared = Arc::new(ConnShared { filter: f.clone(), info, is_h2, streams: streams.clone() });
+    let tls = matches!(stream, Stream::Tls(_));
+    let shared = Arc::new(ConnShared { filter: f.clone(), info, is_h2, tls, streams: streams.clone() });
     let svc = hyper::service::service_fn(move |req| stream::handle(req, shared.clone()));
     let io = TokioIo::new(ConnIo::new(stream, prefix, f, (!is_h2).then(|| streams.clone())));
     if is_h2 {

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use crate::transport_socket::Stream;
 use tokio::time::{Instant, Sleep};
 
 /// Bytes read from the socket at a time on HTTP/1.1.
@@ -48,7 +48,7 @@ struct Http1 {
 
 /// The downstream socket handed to hyper.
 pub(super) struct ConnIo {
-    inner: TcpStream,
+    inner: Stream,
     /// Bytes read while sniffing the codec, replayed first.
     prefix: Bytes,
     rx: Counter,
@@ -62,7 +62,7 @@ pub(super) struct ConnIo {
 impl ConnIo {
     /// Wraps the socket; `h1` turns on the HTTP/1.1 checks.
     pub(super) fn new(
-        inner: TcpStream,
+        inner: Stream,
         prefix: Bytes,
         f: &Arc<Filter>,
         h1: Option<Arc<OpenStreams>>,
@@ -215,7 +215,7 @@ impl Http1 {
     /// Fills `buf` with released bytes, reading and checking more as needed.
     fn poll_read(
         &mut self,
-        inner: &mut TcpStream,
+        inner: &mut Stream,
         rx: &Counter,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,

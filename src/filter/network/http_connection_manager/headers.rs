@@ -90,8 +90,9 @@ fn local_address() -> IpAddr {
 }
 
 /// Envoy's `mutateRequestHeaders`: `x-forwarded-for`, `x-forwarded-proto`, internal-header
-/// cleaning, `x-envoy-external-address` and `x-request-id`, in Envoy's order.
-pub fn mutate_request_headers(headers: &mut HeaderMap, policy: &RequestHeaderPolicy, peer: SocketAddr) {
+/// cleaning, `x-envoy-external-address` and `x-request-id`, in Envoy's order. `scheme` is the
+/// downstream connection's (`https` over TLS).
+pub fn mutate_request_headers(headers: &mut HeaderMap, policy: &RequestHeaderPolicy, peer: SocketAddr, scheme: &'static str) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let mut remote = None;
     if policy.use_remote_address {
@@ -106,11 +107,11 @@ pub fn mutate_request_headers(headers: &mut HeaderMap, policy: &RequestHeaderPol
             append_xff(headers, &xff, ip);
         }
         if policy.xff_num_trusted_hops == 0 || !headers.contains_key("x-forwarded-proto") {
-            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
         }
     }
     if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     }
     let edge = policy.use_remote_address;
     crate::filter::http::router::retain_headers(headers, |n| {
@@ -237,7 +238,7 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static("abc"));
         h.insert("x-envoy-retry-on", HeaderValue::from_static("5xx"));
         h.insert("x-envoy-internal", HeaderValue::from_static("true"));
-        mutate_request_headers(&mut h, &policy(false), "10.1.1.1:5".parse().unwrap());
+        mutate_request_headers(&mut h, &policy(false), "10.1.1.1:5".parse().unwrap(), "http");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4");
         assert_eq!(h["x-request-id"], "abc");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -250,7 +251,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-request-id", HeaderValue::from_static("abc"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        mutate_request_headers(&mut h, &policy(true), "10.1.1.1:5".parse().unwrap());
+        mutate_request_headers(&mut h, &policy(true), "10.1.1.1:5".parse().unwrap(), "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1,10.1.1.1");
         assert_eq!(h["x-envoy-external-address"], "10.1.1.1");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -36,6 +36,8 @@ pub(super) struct ConnShared {
     pub info: ConnectionInfo,
     /// HTTP/2 (else HTTP/1.1).
     pub is_h2: bool,
+    /// The downstream connection is TLS: `:scheme` and `x-forwarded-proto` are `https`.
+    pub tls: bool,
     /// Open streams, for the connection idle timeout.
     pub streams: Arc<OpenStreams>,
 }
@@ -239,13 +241,14 @@ fn prepare(mut parts: http::request::Parts, conn: &ConnShared) -> Result<http::r
     if !pq.starts_with('/') && pq != "*" {
         return Err(Box::new((LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "http1.codec_error"), true)));
     }
-    let uri = Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(pq).build();
+    let scheme = if conn.tls { "https" } else { "http" };
+    let uri = Uri::builder().scheme(scheme).authority(authority.as_str()).path_and_query(pq).build();
     match uri {
         Ok(uri) => parts.uri = uri,
         Err(_) => return Err(Box::new((LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "invalid_authority"), true))),
     }
     strip_request_hop_by_hop(&mut parts.headers);
-    mutate_request_headers(&mut parts.headers, &f.header_policy, conn.info.peer);
+    mutate_request_headers(&mut parts.headers, &f.header_policy, conn.info.peer, scheme);
     Ok(parts)
 }
 

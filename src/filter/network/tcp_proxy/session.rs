@@ -23,12 +23,12 @@ use crate::filter::common::attributes::ConnectionInfo;
 use crate::filter::network::ext_proc::state::{Chunk, CloseKind, Direction};
 use crate::listener::Connection;
 use crate::stats::{Counter, GaugeGuard};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use crate::transport_socket::Stream;
 use tokio::time::Instant;
 
 /// How long a flush-close may take before the sockets are closed anyway (Envoy's default
@@ -70,7 +70,7 @@ impl Outbound {
     }
 
     /// Writes what the socket takes now; returns the byte count, or the write error.
-    fn flush(&mut self, socket: &TcpStream) -> io::Result<usize> {
+    fn flush(&mut self, socket: &mut Stream) -> io::Result<usize> {
         let mut written = 0;
         while !self.chunks.is_empty() {
             let slices: Vec<IoSlice<'_>> = self
@@ -103,26 +103,17 @@ impl Outbound {
         }
         if self.fin && !self.shut {
             self.shut = true;
-            shutdown_write(socket)?;
+            // TLS: close_notify, then FIN once the records are out.
+            socket.shutdown_write()?;
         }
+        socket.flush_pending()?;
         Ok(written)
     }
 
-    fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+    /// Nothing is left to write: no chunks, and no TLS records or FIN held by the socket.
+    fn is_done(&self, socket: &Stream) -> bool {
+        self.chunks.is_empty() && !socket.wants_write()
     }
-}
-
-fn shutdown_write(socket: &TcpStream) -> io::Result<()> {
-    match socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write) {
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-        r => r,
-    }
-}
-
-/// Sends RST instead of FIN when the socket is dropped.
-fn arm_reset(socket: &TcpStream) {
-    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
 
 /// What one read produced.
@@ -133,7 +124,7 @@ enum ReadResult {
 }
 
 /// Reads what is available, up to `room` bytes; a FIN read with data gives one chunk with both.
-fn read_available(socket: &TcpStream, room: usize) -> ReadResult {
+fn read_available(socket: &mut Stream, room: usize) -> ReadResult {
     let mut buf = BytesMut::with_capacity(room.min(READ_SIZE));
     let mut eof = false;
     while buf.len() < room {
@@ -143,7 +134,7 @@ fn read_available(socket: &TcpStream, room: usize) -> ReadResult {
             buf.reserve(room - buf.len());
         }
         let want = room - buf.len();
-        match socket.try_read_buf(&mut (&mut buf).limit(want)) {
+        match socket.try_read(&mut buf, want) {
             Ok(0) => {
                 eof = true;
                 break;
@@ -250,14 +241,14 @@ impl SessionEnd {
 /// Runs one connection to its end.
 pub(super) async fn run(
     conn: Connection,
-    up: TcpStream,
+    mut up: Stream,
     ext_proc: &[Arc<crate::filter::network::ext_proc::Filter>],
     filter: &Filter,
     cluster: &Cluster,
     up_stats: &UpstreamStats,
 ) -> SessionEnd {
     let Connection {
-        stream: down,
+        stream: mut down,
         id,
         peer,
         local,
@@ -272,6 +263,8 @@ pub(super) async fn run(
         source: Some(peer),
         destination: Some(local),
         upstream: up.peer_addr().ok(),
+        requested_server_name: down.tls_info().and_then(|t| t.sni).unwrap_or_default(),
+        mtls: down.tls_info().is_some_and(|t| t.peer_certificate),
         node_id: filter.node_id.clone(),
         ..Default::default()
     };
@@ -312,7 +305,7 @@ pub(super) async fn run(
         let now = Instant::now();
         // 1. Write what the sockets take now.
         let mut progressed = false;
-        match to_up.flush(&up) {
+        match to_up.flush(&mut up) {
             Ok(n) => {
                 cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
                 progressed |= n > 0;
@@ -322,7 +315,7 @@ pub(super) async fn run(
                 break End::PeerReset(Side::Upstream);
             }
         }
-        match to_down.flush(&down) {
+        match to_down.flush(&mut down) {
             Ok(n) => {
                 stats.downstream_cx_tx_bytes_total.add(n as u64);
                 report.bytes_sent += n as u64;
@@ -349,7 +342,7 @@ pub(super) async fn run(
         // no timer is armed.
         let settled = (down_eof && to_down.shut) || (up_eof && to_up.shut);
         if let Some(deadline) = closing {
-            if (to_up.is_empty() && to_down.is_empty()) || now >= deadline {
+            if (to_up.is_done(&up) && to_down.is_done(&down)) || now >= deadline {
                 break End::Normal;
             }
         } else if settled {
@@ -394,8 +387,8 @@ pub(super) async fn run(
         let wake = tokio::select! {
             _ = down.readable(), if read_down => Wake::DownReadable,
             _ = up.readable(), if read_up => Wake::UpReadable,
-            _ = down.writable(), if !to_down.is_empty() => Wake::DownWritable,
-            _ = up.writable(), if !to_up.is_empty() => Wake::UpWritable,
+            _ = down.writable(), if !to_down.is_done(&down) => Wake::DownWritable,
+            _ = up.writable(), if !to_up.is_done(&up) => Wake::UpWritable,
             ev = events.recv(), if !chain.is_empty() => Wake::Side(ev),
             _ = &mut timer => Wake::Timer,
         };
@@ -404,7 +397,7 @@ pub(super) async fn run(
         let now = Instant::now();
         let mut fx = Effects::default();
         match wake {
-            Wake::DownReadable => match read_available(&down, read_room) {
+            Wake::DownReadable => match read_available(&mut down, read_room) {
                 ReadResult::Chunk(chunk) => {
                     let n = chunk.data.len() as u64;
                     stats.downstream_cx_rx_bytes_total.add(n);
@@ -419,7 +412,7 @@ pub(super) async fn run(
                     break End::PeerReset(Side::Downstream);
                 }
             },
-            Wake::UpReadable => match read_available(&up, write_room) {
+            Wake::UpReadable => match read_available(&mut up, write_room) {
                 ReadResult::Chunk(chunk) => {
                     cluster
                         .stats
@@ -479,18 +472,18 @@ pub(super) async fn run(
     stats.downstream_cx_tx_bytes_buffered.add(-tx_buffered);
     match end {
         End::Normal => {
-            let _ = shutdown_write(&down);
-            let _ = shutdown_write(&up);
+            let _ = down.shutdown_write();
+            let _ = up.shutdown_write();
         }
         End::Idle => {
             report.downstream_close_reason = Some("tcp_session_idle_timeout".into());
             report.upstream_close_reason = Some("tcp_session_idle_timeout".into());
-            let _ = shutdown_write(&down);
-            let _ = shutdown_write(&up);
+            let _ = down.shutdown_write();
+            let _ = up.shutdown_write();
         }
         End::PeerReset(side) => {
-            arm_reset(&down);
-            arm_reset(&up);
+            down.arm_reset();
+            up.arm_reset();
             let (failed, other) = match side {
                 Side::Downstream => (
                     &mut report.downstream_close_type,
@@ -506,9 +499,9 @@ pub(super) async fn run(
         }
         End::FilterReset => {
             report.downstream_close_type = "LocalReset";
-            arm_reset(&down);
-            let _ = to_up.flush(&up);
-            let _ = shutdown_write(&up);
+            down.arm_reset();
+            let _ = to_up.flush(&mut up);
+            let _ = up.shutdown_write();
         }
     }
     report.metadata = std::mem::take(&mut chain.metadata);
