@@ -105,12 +105,16 @@ async fn upstream_tls_sends_sni_validates_the_ca_and_fails_with_503() {
     let resp = client.send(proxy.addr("ingress"), testenv::HttpVersion::Http1).await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-seen-version"), Some("HTTP/1.1"));
+    // A second request reuses the pooled TLS connection.
+    let resp = testenv::TestRequest::get("/two").send(proxy.addr("ingress"), testenv::HttpVersion::Http2).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(proxy.counter("cluster.tls_h1.upstream_cx_total"), 1);
     let resp = testenv::TestRequest::get("/h2").send(proxy.addr("ingress"), testenv::HttpVersion::Http1).await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-seen-version"), Some("HTTP/2.0"));
     let seen = up.seen();
     assert_eq!(seen.sni, [Some("upstream.test".to_string()), Some("localhost".to_string())]);
-    assert_eq!(seen.alpn, [None, Some(b"h2".to_vec())], "h2 is offered to HTTP/2 clusters only");
+    assert_eq!(seen.alpn, [Some(b"http/1.1".to_vec()), Some(b"h2".to_vec())], "the cluster's protocol is offered");
     assert_eq!(proxy.counter("cluster.tls_h1.ssl.handshake"), 1);
     assert_eq!(proxy.counter("cluster.tls_h2.ssl.handshake"), 1);
 

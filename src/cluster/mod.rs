@@ -158,9 +158,10 @@ impl Cluster {
             }
         }
         let protocol = config::protocol(typed_extension_protocol_options, http2_protocol_options, path)?;
+        // Envoy offers the cluster's protocol when alpn_protocols is empty.
         let default_alpn: &[&str] = match protocol {
             UpstreamProtocol::Http2 => &["h2"],
-            UpstreamProtocol::Http1 => &[],
+            UpstreamProtocol::Http1 => &["http/1.1"],
         };
         let tls = transport_socket::upstream(
             transport_socket,
