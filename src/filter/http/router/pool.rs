@@ -416,6 +416,13 @@ impl std::fmt::Debug for UpstreamBody {
 impl UpstreamBody {
     /// Wraps an upstream response body.
     pub fn new(inner: Incoming, checkout: Option<Checkout>, deadline: Deadline, timeout_stat: Counter) -> Self {
+        let mut checkout = checkout;
+        // An empty body may never be polled: the connection is free as soon as the head is in.
+        if http_body::Body::is_end_stream(&inner) {
+            if let Some(c) = checkout.take() {
+                c.release();
+            }
+        }
         UpstreamBody { inner, checkout, deadline, timeout_stat: Some(timeout_stat) }
     }
 }
