@@ -1,8 +1,8 @@
 //! Generates the two ext_proc service protos (`envoy.service.ext_proc.v3`,
 //! `envoy.service.network_ext_proc.v3`) with `bytes::Bytes` for their `bytes` fields, so body
 //! chunks go from the socket to the side stream and back without a copy into a `Vec<u8>`.
-//! The `.proto` files are the ones the `envoy-types` package ships (found through `cargo
-//! metadata`); every other type (core, type, extensions, well-known types) is `envoy-types`'s.
+//! The `.proto` files are the ones the `envoy-types` package ships (found in Cargo's registry
+//! sources, or through `cargo metadata`); every other type (core, type, extensions, well-known types) is `envoy-types`'s.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,14 +58,51 @@ fn main() {
 }
 
 /// The `proto/` directory of the `envoy-types` package this build uses.
+///
+/// Looked up first in Cargo's registry sources (where every dependency is unpacked before any
+/// build script runs), at the version `Cargo.lock` pins; `cargo metadata` is the fallback for
+/// other source layouts (vendored, patched). It cannot come first: offline, it fails on a fresh
+/// machine because it wants every package of the lock file, even other platforms' and
+/// dev-dependencies that this build never downloaded.
 fn envoy_types_protos() -> PathBuf {
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    if let Some(dir) = from_registry(&manifest) {
+        return dir;
+    }
+    from_cargo_metadata(&manifest)
+}
+
+/// `$CARGO_HOME/registry/src/<index>/envoy-types-<locked version>/proto`.
+fn from_registry(manifest: &Path) -> Option<PathBuf> {
+    let lock = std::fs::read_to_string(manifest.join("Cargo.lock")).ok()?;
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"envoy-types\""))?
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))?
+        .trim_end_matches('"')
+        .to_string();
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    std::fs::read_dir(home.join("registry").join("src"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|index| index.path().join(format!("envoy-types-{version}")).join("proto"))
+        .find(|dir| dir.is_dir())
+}
+
+/// The package directory `cargo metadata` reports for `envoy-types`, plus `proto`.
+fn from_cargo_metadata(manifest: &Path) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
-        .arg(Path::new(&manifest).join("Cargo.toml"))
-        .output()
-        .expect("running cargo metadata");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(manifest.join("Cargo.toml"));
+    // Only this platform's packages: others may never have been downloaded.
+    if let Some(target) = std::env::var_os("TARGET") {
+        cmd.arg("--filter-platform").arg(target);
+    }
+    let out = cmd.output().expect("running cargo metadata");
     assert!(
         out.status.success(),
         "cargo metadata failed: {}",
