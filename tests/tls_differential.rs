@@ -17,11 +17,14 @@ enum Impl {
     Extproxy,
 }
 
-/// What one implementation showed: per request `(status, HTTP version, x-seen-proto)` or an
-/// error, the SNI/ALPN/client-cert the upstream saw, and the TLS counters.
+/// One request's `(status, HTTP version, x-seen-proto)`, or `Err` if it failed.
+type Outcome = Result<(u16, String, Option<String>), ()>;
+
+/// What one implementation showed: per request its [`Outcome`], the SNI/ALPN/client-cert the
+/// upstream saw, and the TLS counters.
 #[derive(Debug, PartialEq, Eq)]
 struct Obs {
-    responses: Vec<Result<(u16, String, Option<String>), ()>>,
+    responses: Vec<Outcome>,
     upstream_sni: Vec<Option<String>>,
     upstream_alpn: Vec<Option<Vec<u8>>>,
     counters: BTreeMap<&'static str, i64>,

@@ -266,7 +266,6 @@ pub(super) async fn run(
         requested_server_name: down.tls_info().and_then(|t| t.sni).unwrap_or_default(),
         mtls: down.tls_info().is_some_and(|t| t.peer_certificate),
         node_id: filter.node_id.clone(),
-        ..Default::default()
     };
     let (mut chain, mut events) = Chain::new(ext_proc, &info, local);
     let stats = &filter.stats;
