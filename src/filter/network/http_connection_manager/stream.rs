@@ -382,9 +382,11 @@ impl http_body::Body for RequestBody {
         let res = Pin::new(&mut this.inner).poll_frame(cx);
         match &res {
             Poll::Ready(None) => this.activity.request_done.store(true, Ordering::Release),
-            Poll::Ready(Some(Ok(_))) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 this.activity.touch();
-                if this.inner.is_end_stream() {
+                // Trailers are the last frame, and a reader (hyper's client) stops after them
+                // without polling for the end: the request has ended.
+                if frame.is_trailers() || this.inner.is_end_stream() {
                     this.activity.request_done.store(true, Ordering::Release);
                 }
             }
