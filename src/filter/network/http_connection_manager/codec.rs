@@ -11,7 +11,6 @@ use crate::stats::GaugeGuard;
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -46,17 +45,19 @@ async fn sniff(stream: &mut Stream) -> io::Result<Option<(bool, Bytes)>> {
     }
 }
 
-/// Resolves once the connection has had no open stream for `idle`.
+/// Resolves once the connection has had no open stream, and no request head arriving, for
+/// `idle` (Envoy disables the idle timer when the codec opens a stream on a message's first
+/// byte).
 async fn idle_watch(streams: Arc<OpenStreams>, idle: Option<Duration>) {
     let Some(idle) = idle else { return std::future::pending().await };
     loop {
         let changed = streams.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        if streams.count.load(Ordering::Acquire) == 0 {
+        if streams.idle() {
             tokio::select! {
                 _ = tokio::time::sleep(idle) => {
-                    if streams.count.load(Ordering::Acquire) == 0 {
+                    if streams.idle() {
                         return;
                     }
                 }
@@ -115,7 +116,11 @@ pub(super) async fn serve(conn: crate::listener::Connection, f: Arc<Filter>) {
             tokio::select! {
                 r = sniff(&mut stream) => r.ok().flatten(),
                 _ = shutdown.cancelled() => None,
-                _ = tokio::time::sleep(idle) => None,
+                _ = tokio::time::sleep(idle) => {
+                    // Envoy counts an idle timeout before the codec exists too.
+                    f.stats.downstream_cx_idle_timeout.inc();
+                    None
+                }
             }
         }
     };

@@ -41,6 +41,7 @@ struct Http1 {
     reply: Option<Bytes>,
     /// A request was refused: hyper reads EOF once its open streams are done.
     refused: bool,
+    /// The connection's streams; `head_pending` there mirrors `head_started`.
     streams: Arc<OpenStreams>,
     /// Resolves when the connection has no open stream (set once refused).
     quiet: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -156,6 +157,16 @@ fn local_reply(f: &Filter, status: &str, text: &str) -> Bytes {
 }
 
 impl Http1 {
+    /// Records whether (and since when) a request head is being held, and tells the connection
+    /// idle timer: a request has begun, so the connection is not idle.
+    fn set_head_started(&mut self, at: Option<Instant>) {
+        self.head_started = at;
+        let pending = at.is_some();
+        if self.streams.head_pending.swap(pending, Ordering::AcqRel) != pending {
+            self.streams.changed.notify_waiters();
+        }
+    }
+
     /// Refuses the request after the released bytes: counts it and keeps the reply for the
     /// shutdown (or, if hyper already saw part of the message, only stops reading).
     fn refuse(&mut self, why: Reject, answer: bool) {
@@ -176,6 +187,8 @@ impl Http1 {
             self.reply = Some(local_reply(f, status, text));
         }
         self.refused = true;
+        // The refused request is answered here; the connection closes after it.
+        self.set_head_started(None);
         self.held.truncate(self.release);
         // hyper may not have started the streams of the heads released just before: wait for
         // every released head's stream to start and end.
@@ -261,6 +274,7 @@ impl Http1 {
                 // as it would have.
                 self.eof = true;
                 self.release = self.held.len();
+                self.set_head_started(None);
                 continue;
             }
             rx.add(n as u64);
@@ -272,11 +286,12 @@ impl Http1 {
                 continue;
             }
             let unreleased = &self.held[self.release..];
-            self.head_started = match self.head_started {
+            let started = match self.head_started {
                 _ if !self.guard.in_head(unreleased) => None,
                 Some(t) => Some(t),
                 None => Some(self.last_byte),
             };
+            self.set_head_started(started);
         }
     }
 }
@@ -304,7 +319,7 @@ impl AsyncRead for ConnIo {
                 if let Some(why) = step.reject {
                     h1.refuse(why, step.whole);
                 } else if h1.guard.in_head(&h1.held[h1.release..]) {
-                    h1.head_started = Some(Instant::now());
+                    h1.set_head_started(Some(Instant::now()));
                 }
             }
             return h1.poll_read(&mut this.inner, &this.rx, cx, buf);

@@ -49,8 +49,18 @@ pub(super) struct OpenStreams {
     pub count: AtomicUsize,
     /// Streams opened since the connection started.
     pub started: AtomicUsize,
-    /// Notified when `count` changes.
+    /// Part of an HTTP/1.1 request head is held, its stream not started yet. Envoy's codec
+    /// opens the stream on the message's first byte, so the connection is not idle.
+    pub head_pending: AtomicBool,
+    /// Notified when `count` or `head_pending` changes.
     pub changed: Notify,
+}
+
+impl OpenStreams {
+    /// No stream is open and no request has begun: the connection idle timer runs.
+    pub fn idle(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0 && !self.head_pending.load(Ordering::Acquire)
+    }
 }
 
 /// Lives as long as a stream: the active gauges and the completion counter.
