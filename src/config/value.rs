@@ -37,9 +37,24 @@ impl Duration {
         } else {
             format!("{frac:0<9}").parse().map_err(|_| format!("invalid duration {s:?}"))?
         };
+        Duration::checked(secs, nanos).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    }
+
+    /// Envoy's `validateDuration` (strict): seconds at most 9223372035 (so that seconds plus
+    /// nanos fit an int64 of nanoseconds), nanos under one second. Larger values would also
+    /// overflow `Instant + Duration` on the data path, which panics.
+    fn checked(secs: u64, nanos: u32) -> Result<Self, String> {
+        if secs > MAX_SECONDS || nanos > 999_999_999 {
+            return Err(format!(
+                "Duration out-of-range: seconds: {secs} nanos: {nanos} (at most {MAX_SECONDS}s)"
+            ));
+        }
         Ok(Duration(std::time::Duration::new(secs, nanos)))
     }
 }
+
+/// Envoy's largest accepted duration in seconds: `(i64::MAX - 999999999) / 10^9`.
+const MAX_SECONDS: u64 = 9_223_372_035;
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -59,7 +74,7 @@ impl<'de> Deserialize<'de> for Duration {
         }
         match Form::deserialize(d)? {
             Form::Text(s) => Duration::parse(&s).map_err(de::Error::custom),
-            Form::Parts(p) => Ok(Duration(std::time::Duration::new(p.seconds, p.nanos))),
+            Form::Parts(p) => Duration::checked(p.seconds, p.nanos).map_err(de::Error::custom),
         }
     }
 }
@@ -163,6 +178,23 @@ mod tests {
         assert!(serde_json::from_str::<Duration>("\"1m\"").is_err());
         assert!(serde_json::from_str::<Duration>("\"-1s\"").is_err());
         assert!(serde_json::from_str::<Duration>("5").is_err());
+    }
+
+    #[test]
+    fn durations_past_envoys_range_are_errors() {
+        let d: Duration = serde_json::from_str("\"9223372035.999999999s\"").unwrap();
+        assert_eq!(d.get(), std::time::Duration::new(9_223_372_035, 999_999_999));
+        for text in [
+            "\"9223372036s\"",
+            "\"18446744073709551615s\"",
+            r#"{"seconds": 9223372036}"#,
+            r#"{"nanos": 1000000000}"#,
+            // `Duration::new` would panic on the carry from nanos into seconds.
+            r#"{"seconds": 18446744073709551615, "nanos": 4294967295}"#,
+        ] {
+            let err = serde_json::from_str::<Duration>(text).unwrap_err().to_string();
+            assert!(err.contains("Duration out-of-range"), "{text}: {err}");
+        }
     }
 
     proto_enum!(Color "test.Color" { Red = ("RED", 0), Blue = ("BLUE", 2) });

@@ -425,19 +425,25 @@ impl Guard {
 /// The length of the request head in `buf` (through its empty line), searching from about
 /// `scanned` on so that a head arriving a byte at a time is not rescanned.
 fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
-    let from = scanned.saturating_sub(2);
-    let i = buf[from..]
-        .windows(2)
-        .position(|w| w == b"\n\n" || (w[0] == b'\n' && w[1] == b'\r'))?
-        + from;
-    if buf[i + 1] == b'\n' {
-        return Some(i + 2);
-    }
-    match buf.get(i + 2) {
-        Some(b'\n') => Some(i + 3),
-        // `\n\r` then something else: not the end; keep looking after it.
-        Some(_) => head_end(buf, i + 3).filter(|e| *e > i),
-        None => None,
+    let mut from = scanned.saturating_sub(2);
+    // A loop, not recursion: a head made of `\n\rX` triples would recurse once per triple and
+    // overflow the stack (an abort of the whole process).
+    loop {
+        let i = buf
+            .get(from..)?
+            .windows(2)
+            .position(|w| w == b"\n\n" || (w[0] == b'\n' && w[1] == b'\r'))?
+            + from;
+        // In bounds: `i` starts a two-byte window.
+        if buf[i + 1] == b'\n' {
+            return Some(i + 2);
+        }
+        match buf.get(i + 2) {
+            Some(b'\n') => return Some(i + 3),
+            // `\n\r` then something else: not the end; keep looking after it.
+            Some(_) => from = i + 1,
+            None => return None,
+        }
     }
 }
 
