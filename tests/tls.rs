@@ -188,6 +188,81 @@ async fn mtls_to_http_and_network_processors() {
     assert_eq!(processor.stats().streams_started, 2, "one HTTP and one network stream; none without a client certificate");
 }
 
+/// Forwards each connection to `to` after holding it `delay`: a processor whose TLS handshake
+/// (which needs its answer) takes at least that long.
+async fn slow_relay(to: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `message_timeout: 0s` fires in the turn the first message is sent, long before the
+/// processor's connection is up: the client gets the 504 at once, and the message still
+/// reaches the processor afterwards, as from Envoy (which writes it before its reset). The
+/// call was dropped with it before.
+#[tokio::test]
+async fn zero_message_timeout_still_delivers_the_message_over_a_slow_connection() {
+    let pki = Pki::new();
+    let tls = extproc::TlsConfig::new(pki.server.cert_pem.clone(), pki.server.key_pem.clone());
+    let processor = extproc::Server::new()
+        .http(extproc::demo::AddHeaders::default)
+        .tls(tls)
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let relay = slow_relay(processor.addr(), Duration::from_millis(300)).await;
+    let echo = testenv::echo_http_upstream().await;
+    let filter = "{name: envoy.filters.http.ext_proc, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor, grpc_service: {envoy_grpc: {cluster_name: processor}}, message_timeout: 0s}}, ";
+    let yaml = bootstrap(
+        &[listener("http", "", &hcm("echo", filter))],
+        &[
+            cluster("echo", echo.addr().port(), "", ""),
+            cluster(
+                "processor",
+                relay.port(),
+                &upstream_tls(&pki, "processor.test", "ca.pem", false),
+                H2_OPTIONS,
+            ),
+        ],
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let started = std::time::Instant::now();
+    let resp = testenv::TestRequest::get("/")
+        .send(proxy.addr("http"), testenv::HttpVersion::Http1)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "the 504 does not wait for the processor"
+    );
+    assert_eq!(echo.requests().len(), 0);
+    assert_eq!(proxy.counter("http.in.ext_proc.message_timeouts"), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while processor.stats().messages_received == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request headers never reached the processor"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(processor.stats().streams_started, 1);
+    assert_eq!(
+        processor.stats().messages_received,
+        1,
+        "only the request headers were sent"
+    );
+}
+
 #[tokio::test]
 async fn tls_tcp_proxy_moves_a_large_transfer_and_half_closes() {
     let pki = Pki::new();

@@ -28,6 +28,9 @@ use tokio_stream::wrappers::ReceiverStream;
 const SIDE_STREAM_QUEUE: usize = 16;
 /// Output frames buffered toward the next hop.
 const OUTPUT_QUEUE: usize = 8;
+/// How long a side stream closed before its call was open may take to deliver what was queued
+/// on it before it is reset (Envoy's `remote_close_timeout_milliseconds` default).
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 /// A body fed by the driver.
 #[derive(Debug)]
@@ -206,6 +209,29 @@ async fn side_event(side: &mut Option<Side>) -> SideEvent {
     }
 }
 
+/// Ends a side stream. Once its call is open, dropping it half-closes and resets the stream, as
+/// Envoy does.
+/// Before that (a close in the same turn as the first send: `message_timeout: 0s`), dropping it
+/// would drop the queued messages with the call, while Envoy has written them before its reset:
+/// the call then finishes in the background, half-closed after them, and is reset when the
+/// processor ends it or after [`CLOSE_FLUSH`].
+fn close_side(side: Side) {
+    let Side { tx, open, rx } = side;
+    let Some(open) = open else {
+        return;
+    };
+    drop((tx, rx));
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(CLOSE_FLUSH, async move {
+            if let Ok(resp) = open.await {
+                let mut rx = resp.into_inner();
+                while let Ok(Some(_)) = rx.message().await {}
+            }
+        })
+        .await;
+    });
+}
+
 impl Task {
     fn new(
         core: Core,
@@ -378,7 +404,9 @@ impl Task {
                     // Observability mode defers the close to the end of the HTTP stream
                     // (`deferred_close_timeout`, see `shutdown`).
                     if self.deferred_close.is_none() {
-                        self.side = None;
+                        if let Some(side) = self.side.take() {
+                            close_side(side);
+                        }
                     }
                 }
             }
