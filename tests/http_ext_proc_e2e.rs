@@ -279,6 +279,54 @@ async fn large_streamed_bodies_both_ways_are_intact() {
 }
 
 #[tokio::test]
+async fn streamed_body_read_ahead_goes_out_in_large_chunks() {
+    let up = echo_http_upstream().await;
+    let p = Processor::start().await;
+    // The headers answer waits, so the client's body piles up in the sockets; the proxy stops
+    // reading at the 32 KiB buffer limit and then catches up.
+    p.script("chunks", |_, r| match kind(r) {
+        "rh" => vec![
+            Step::Sleep(Duration::from_millis(300)),
+            Step::Send(continue_for(r)),
+        ],
+        _ => vec![Step::Send(continue_for(r))],
+    });
+    let mut yaml: Value = serde_json::from_str(&bootstrap(
+        vec![ext_proc(
+            "chunks",
+            json!({"processing_mode": {"request_body_mode": "STREAMED"}}),
+        )],
+        default_routes(),
+        &up,
+        proc_address(&p, None),
+    ))
+    .unwrap();
+    yaml["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = json!(32768);
+    let proxy = extproxy(&yaml.to_string()).await;
+    let addr = proxy.listener_addr("ingress").await;
+    let body: String = (0..(1 << 20))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let resp = TestRequest::post("/chunks", body.clone())
+        .header("x-echo-mode", "raw")
+        .send(addr, HttpVersion::Http1)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(up.last_request().body, body.as_bytes());
+    let sizes: Vec<usize> = p.streams("chunks")[0]
+        .messages
+        .iter()
+        .filter_map(|m| body_of(m).map(|(b, _)| b.len()))
+        .collect();
+    // After the queued first chunk, each read of what the client sent ahead is one message:
+    // reads grow past 16 KiB while they fill their buffer (Envoy reads until the socket is
+    // empty), rather than 64 messages per MiB.
+    let largest = sizes.iter().skip(1).max().copied().unwrap_or(0);
+    assert!(largest > 32 * 1024, "body messages: {sizes:?}");
+}
+
+#[tokio::test]
 async fn crlf_in_a_mutation_is_rejected_counted_and_never_forwarded() {
     let up = echo_http_upstream().await;
     let p = Processor::start().await;

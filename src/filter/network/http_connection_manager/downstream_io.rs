@@ -20,8 +20,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::transport_socket::Stream;
 use tokio::time::{Instant, Sleep};
 
-/// Bytes read from the socket at a time on HTTP/1.1.
+/// Bytes read from the socket at a time on HTTP/1.1, at first and after a short read.
 const READ_SIZE: usize = 16 * 1024;
+/// The most read at a time: a read that fills its buffer doubles the next one, so a body that
+/// arrives faster than it is read goes on in a few large chunks (Envoy reads until the socket is
+/// empty) rather than as many 16 KiB ones (an ext_proc message and an upstream write each).
+const MAX_READ_SIZE: usize = 256 * 1024;
 
 /// The HTTP/1.1 side of [`ConnIo`].
 struct Http1 {
@@ -33,6 +37,8 @@ struct Http1 {
     release: usize,
     /// The peer closed its side.
     eof: bool,
+    /// Bytes to read next: `READ_SIZE` up to `MAX_READ_SIZE`.
+    read_size: usize,
     /// When the request head being held started, and when its last byte arrived.
     head_started: Option<Instant>,
     last_byte: Instant,
@@ -80,6 +86,7 @@ impl ConnIo {
                 held: BytesMut::new(),
                 release: 0,
                 eof: false,
+                read_size: READ_SIZE,
                 head_started: None,
                 last_byte: Instant::now(),
                 timer: Box::pin(tokio::time::sleep_until(Instant::now())),
@@ -263,12 +270,22 @@ impl Http1 {
                     }
                 }
             }
-            self.held.reserve(READ_SIZE);
+            self.held.reserve(self.read_size);
+            if self.held.is_empty() && self.held.capacity() >= 2 * self.read_size {
+                // Reads are small again: give the large buffer back before waiting on the socket.
+                self.held = BytesMut::with_capacity(self.read_size);
+            }
+            let room = self.held.capacity() - self.held.len();
             let n = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut *inner),
                 cx,
                 &mut self.held
             ))?;
+            self.read_size = if n == room {
+                (self.read_size * 2).min(MAX_READ_SIZE)
+            } else {
+                READ_SIZE
+            };
             if n == 0 {
                 // hyper gets what is held (an incomplete message) and then EOF, and answers it
                 // as it would have.
