@@ -88,7 +88,7 @@ impl BodyStats {
             "request_body_messages": messages,
             "request_body_bytes": bytes,
             "messages_per_stream": if streams > 0 { messages as f64 / streams as f64 } else { 0.0 },
-            "mean_message_bytes": if messages > 0 { bytes / messages } else { 0 },
+            "mean_message_bytes": bytes.checked_div(messages).unwrap_or(0),
             "largest_message_bytes": get(&self.largest),
             "size_classes": classes,
         })
