@@ -201,6 +201,7 @@ fn extract_tags(name: &str) -> (String, Vec<(&'static str, String)>) {
         ("cluster.", "envoy_cluster_name"),
         ("listener.", "envoy_listener_address"),
         ("tcp.", "envoy_tcp_prefix"),
+        ("connection_limit.", "envoy_connection_limit_prefix"),
     ];
     for (prefix, label) in RULES {
         if let Some(rest) = name.strip_prefix(prefix) {

@@ -823,3 +823,45 @@ async fn differential_side_stream_overflow() {
         "{envoy:?}"
     );
 }
+
+/// `/stats/prometheus` lines of the counter and gauge families that start with one of
+/// `prefixes`, sorted (Envoy lists counters, then gauges, then histograms; extproxy has no
+/// histograms and sorts by name).
+async fn prometheus_families(p: &ProxyProcess, prefixes: &[&str]) -> Vec<String> {
+    let (status, body) = p.admin_get("/stats/prometheus").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let histograms: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" histogram"))
+        .collect();
+    let mut lines: Vec<String> = body
+        .lines()
+        .filter(|l| {
+            let name = l.strip_prefix("# TYPE ").unwrap_or(l);
+            prefixes.iter().any(|p| name.starts_with(p))
+                && !histograms.iter().any(|h| name.starts_with(h))
+        })
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Envoy's tag extraction for `connection_limit.<stat_prefix>.*` (the prefix becomes
+/// `envoy_connection_limit_prefix`) and the overload manager's stats, line for line.
+#[tokio::test]
+async fn differential_prometheus_connection_limit_and_overload() {
+    let echo = testenv::tcp_echo_upstream().await;
+    let yaml = with_global_limit(
+        &tcp_yaml(echo.addr().port(), "", Some("max_connections: 1")),
+        2,
+    );
+    let prefixes = ["envoy_connection_limit", "envoy_overload"];
+    let envoy = prometheus_families(&start(true, &yaml).await, &prefixes).await;
+    let ours = prometheus_families(&start(false, &yaml).await, &prefixes).await;
+    assert!(
+        envoy.iter().any(|l| l.contains("envoy_connection_limit_prefix=\"cl\"")),
+        "{envoy:#?}"
+    );
+    assert_eq!(envoy, ours);
+}
