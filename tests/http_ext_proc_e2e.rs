@@ -327,6 +327,55 @@ async fn streamed_body_read_ahead_goes_out_in_large_chunks() {
 }
 
 #[tokio::test]
+async fn side_stream_offers_large_http2_frames() {
+    use tokio::io::AsyncReadExt;
+    let up = echo_http_upstream().await;
+    // A "processor" that only records the client's HTTP/2 preface and first SETTINGS frame.
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = json!({"socket_address": {"address": "127.0.0.1", "port_value": raw.local_addr().unwrap().port()}});
+    let settings = tokio::spawn(async move {
+        let (mut s, _) = raw.accept().await.unwrap();
+        let mut head = [0u8; 24 + 9];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[24 + 3], 0x4, "the first frame is SETTINGS");
+        let len = u32::from_be_bytes([0, head[24], head[25], head[26]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        payload
+            .chunks(6)
+            .map(|e| {
+                (
+                    u16::from_be_bytes([e[0], e[1]]),
+                    u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    let yaml = bootstrap(
+        vec![ext_proc("frames", json!({"failure_mode_allow": true}))],
+        default_routes(),
+        &up,
+        raw_addr,
+    );
+    let proxy = extproxy(&yaml).await;
+    let addr = proxy.listener_addr("ingress").await;
+    let req = tokio::spawn(async move {
+        TestRequest::get("/frames")
+            .send(addr, HttpVersion::Http1)
+            .await
+    });
+    let settings = tokio::time::timeout(Duration::from_secs(10), settings)
+        .await
+        .unwrap()
+        .unwrap();
+    // SETTINGS_MAX_FRAME_SIZE (0x5): a processor's large body replies come in few frames (few
+    // reads here, few writes there) rather than 16 KiB ones, h2's default.
+    let max_frame = settings.iter().find(|(id, _)| *id == 0x5).map(|(_, v)| *v);
+    assert_eq!(max_frame, Some(256 * 1024), "{settings:?}");
+    req.abort();
+}
+
+#[tokio::test]
 async fn crlf_in_a_mutation_is_rejected_counted_and_never_forwarded() {
     let up = echo_http_upstream().await;
     let p = Processor::start().await;

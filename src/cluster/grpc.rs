@@ -111,6 +111,9 @@ fn channel(
         // waiting a round trip for WINDOW_UPDATE.
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
+        // Frames of up to 256 KiB from the processor (h2's default is 16 KiB): a large body
+        // reply comes in a few frames, so a few reads here and a few writes on its side.
+        .max_frame_size(Some(256 * 1024))
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(false);
     Ok(match (addr, tls) {
