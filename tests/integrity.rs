@@ -275,8 +275,19 @@ const XOR: u8 = 0x5a;
 #[derive(Default)]
 struct Xor;
 
+/// `b` with every byte XORed with `XOR`, sixteen at a time: the tests run unoptimised, where a
+/// byte-by-byte loop took a third of this test's CPU time.
 fn xor(b: &[u8]) -> Bytes {
-    b.iter().map(|x| x ^ XOR).collect::<Vec<u8>>().into()
+    const MASK: u128 = u128::from_ne_bytes([XOR; 16]);
+    let mut out = b.to_vec();
+    let (words, rest) = out.as_chunks_mut::<16>();
+    for w in words {
+        *w = (u128::from_ne_bytes(*w) ^ MASK).to_ne_bytes();
+    }
+    for x in rest {
+        *x ^= XOR;
+    }
+    out.into()
 }
 
 impl extproc::HttpProcessor for Xor {
@@ -418,6 +429,10 @@ async fn http_round(client: &Client, addrs: [std::net::SocketAddr; 2], round: u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_10000_random_bodies_streamed_and_buffered() {
     let started = Instant::now();
+    // The word-wise `xor` is the byte-wise one (the checks below use it on both sides).
+    let sample: Vec<u8> = (0..=255).chain(0..45).collect();
+    let bytewise: Vec<u8> = sample.iter().map(|x| x ^ XOR).collect();
+    assert_eq!(xor(&sample), bytewise);
     let at_upstream = Arc::new(AtomicU64::new(0));
     let up = checking_echo_upstream(at_upstream.clone()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
