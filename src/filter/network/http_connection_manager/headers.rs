@@ -130,12 +130,19 @@ pub fn mutate_request_headers(headers: &mut HeaderMap, policy: &RequestHeaderPol
     if policy.generate_request_id {
         let keep = headers.contains_key("x-request-id") && (!edge || policy.preserve_external_request_id);
         if !keep {
-            let id = uuid::Uuid::new_v4().to_string();
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                headers.insert("x-request-id", v);
-            }
+            headers.insert("x-request-id", request_id());
         }
     }
+}
+
+/// A random (version 4) UUID for `x-request-id`, from the thread's user-space generator:
+/// `Uuid::new_v4` asks the kernel (`getrandom`) for every request; Envoy does not either.
+fn request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut buf);
+    // A hyphenated UUID is ASCII hex and '-': always a valid header value.
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn append_xff(headers: &mut HeaderMap, xff: &HeaderName, ip: IpAddr) {
@@ -257,6 +264,10 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_ne!(h["x-request-id"], "abc");
         assert_eq!(h["x-request-id"].len(), 36);
+        let id = uuid::Uuid::parse_str(h["x-request-id"].to_str().unwrap()).unwrap();
+        assert_eq!(id.get_version(), Some(uuid::Version::Random));
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(request_id(), request_id());
     }
 
     #[test]
