@@ -17,7 +17,10 @@ const EXTERN: [(&str, &str); 9] = [
     (".envoy.config", "::envoy_types::pb::envoy::config"),
     (".envoy.extensions", "::envoy_types::pb::envoy::extensions"),
     (".envoy.type", "::envoy_types::pb::envoy::r#type"),
-    (".envoy.annotations", "::envoy_types::pb::envoy::annotations"),
+    (
+        ".envoy.annotations",
+        "::envoy_types::pb::envoy::annotations",
+    ),
     (".google.protobuf", "::envoy_types::pb::google::protobuf"),
     (".google.rpc", "::envoy_types::pb::google::rpc"),
     (".xds", "::envoy_types::pb::xds"),
@@ -29,10 +32,19 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=Cargo.lock");
     let root = envoy_types_protos();
-    let includes = ["data-plane-api", "xds", "protoc-gen-validate", "googleapis", "cel-spec"]
-        .map(|d| root.join(d));
+    let includes = [
+        "data-plane-api",
+        "xds",
+        "protoc-gen-validate",
+        "googleapis",
+        "cel-spec",
+    ]
+    .map(|d| root.join(d));
     let fds = protox::compile(FILES, includes).unwrap_or_else(|e| {
-        panic!("compiling the ext_proc protos from {}: {e:?}", root.display())
+        panic!(
+            "compiling the ext_proc protos from {}: {e:?}",
+            root.display()
+        )
     });
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let mut builder = tonic_prost_build::configure()
@@ -46,10 +58,15 @@ fn main() {
     for (proto, rust) in EXTERN {
         builder = builder.extern_path(proto, rust);
     }
-    builder.compile_fds(fds).expect("generating the ext_proc protos");
+    builder
+        .compile_fds(fds)
+        .expect("generating the ext_proc protos");
     // `type` is a keyword: envoy-types names its module `r#type`, which extern paths cannot
     // spell (they come out as `r_type`), so it is patched after generation.
-    for f in ["envoy.service.ext_proc.v3.rs", "envoy.service.network_ext_proc.v3.rs"] {
+    for f in [
+        "envoy.service.ext_proc.v3.rs",
+        "envoy.service.network_ext_proc.v3.rs",
+    ] {
         let path = out.join(f);
         let text = std::fs::read_to_string(&path).expect("reading the generated protos");
         let text = text.replace("::envoy::r_type::", "::envoy::r#type::");
@@ -88,7 +105,12 @@ fn from_registry(manifest: &Path) -> Option<PathBuf> {
     std::fs::read_dir(home.join("registry").join("src"))
         .ok()?
         .filter_map(Result::ok)
-        .map(|index| index.path().join(format!("envoy-types-{version}")).join("proto"))
+        .map(|index| {
+            index
+                .path()
+                .join(format!("envoy-types-{version}"))
+                .join("proto")
+        })
         .find(|dir| dir.is_dir())
 }
 
@@ -121,7 +143,10 @@ fn from_cargo_metadata(manifest: &Path) -> PathBuf {
                 .is_some_and(|d| d.to_string_lossy().starts_with("envoy-types-"))
         })
         .expect("envoy-types in cargo metadata");
-    let dir = Path::new(path).parent().expect("a package directory").join("proto");
+    let dir = Path::new(path)
+        .parent()
+        .expect("a package directory")
+        .join("proto");
     assert!(
         dir.is_dir(),
         "{} missing: the envoy-types package ships its .proto files there",

@@ -103,11 +103,19 @@ pub struct Demo {
 
 impl Demo {
     /// Starts the three parts; `listen` and `admin` may use port 0.
-    pub async fn start(listen: SocketAddr, admin: SocketAddr, concurrency: usize) -> anyhow::Result<Demo> {
-        let echo_listener = TcpListener::bind("127.0.0.1:0").await.context("bind the echo upstream")?;
+    pub async fn start(
+        listen: SocketAddr,
+        admin: SocketAddr,
+        concurrency: usize,
+    ) -> anyhow::Result<Demo> {
+        let echo_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("bind the echo upstream")?;
         let upstream = echo_listener.local_addr()?;
         let echo = tokio::spawn(serve_echo(echo_listener));
-        let proc_listener = TcpListener::bind("127.0.0.1:0").await.context("bind the processor")?;
+        let proc_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("bind the processor")?;
         let processor = proc_listener.local_addr()?;
         let processor_handle = extproc::Server::new()
             .http(extproc::demo::AddHeaders::default)
@@ -121,13 +129,27 @@ impl Demo {
             .replace("{{ECHO_PORT}}", &upstream.port().to_string())
             .replace("{{PROCESSOR_PORT}}", &processor.port().to_string());
         let bootstrap = crate::config::parse(&yaml).context("the embedded demo config")?;
-        let options = crate::Options { concurrency, ..Default::default() };
+        let options = crate::Options {
+            concurrency,
+            ..Default::default()
+        };
         let server = crate::Server::bind(&bootstrap, options).await?;
-        let listener = server.listener_addr("ingress").context("the ingress listener")?;
+        let listener = server
+            .listener_addr("ingress")
+            .context("the ingress listener")?;
         let admin = server.admin_addr().context("the admin listener")?;
         let shutdown = CancellationToken::new();
         let proxy = tokio::spawn(server.run(shutdown.clone()));
-        Ok(Demo { listener, admin, upstream, processor, shutdown, proxy, echo, processor_handle })
+        Ok(Demo {
+            listener,
+            admin,
+            upstream,
+            processor,
+            shutdown,
+            proxy,
+            echo,
+            processor_handle,
+        })
     }
 
     /// Sends `GET /hello` through the proxy: (response `x-ext-proc-header`, the upstream's view
@@ -136,12 +158,20 @@ impl Demo {
         let stream = tokio::net::TcpStream::connect(self.listener).await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let req = http::Request::get("/hello").header("host", "demo").body(http_body_util::Empty::<Bytes>::new())?;
+        let req = http::Request::get("/hello")
+            .header("host", "demo")
+            .body(http_body_util::Empty::<Bytes>::new())?;
         let resp = send.send_request(req).await?;
-        let response_header = resp.headers().get("x-ext-proc-header").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let response_header = resp
+            .headers()
+            .get("x-ext-proc-header")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = resp.into_body().collect().await?.to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).context("the echo's JSON")?;
-        let upstream_header = json["headers"]["x-ext-proc-header"][0].as_str().map(str::to_string);
+        let upstream_header = json["headers"]["x-ext-proc-header"][0]
+            .as_str()
+            .map(str::to_string);
         Ok((response_header, upstream_header))
     }
 
@@ -166,16 +196,34 @@ impl Demo {
 pub async fn run(args: DemoArgs, concurrency: usize) -> anyhow::Result<()> {
     let mut demo = Demo::start(args.listen, args.admin, concurrency).await?;
     println!("extproxy demo: an echo upstream, the add_headers ext_proc processor and the proxy, in one process\n");
-    println!("  proxy      http://{}    (envoy.filters.http.ext_proc → router → echo)", demo.listener);
-    println!("  admin      http://{}     (/stats, /stats/prometheus, /ready, /quitquitquit)", demo.admin);
-    println!("  upstream   {}     (answers with the request it received, as JSON)", demo.upstream);
-    println!("  processor  {}     (extproc::demo::AddHeaders, gRPC)\n", demo.processor);
+    println!(
+        "  proxy      http://{}    (envoy.filters.http.ext_proc → router → echo)",
+        demo.listener
+    );
+    println!(
+        "  admin      http://{}     (/stats, /stats/prometheus, /ready, /quitquitquit)",
+        demo.admin
+    );
+    println!(
+        "  upstream   {}     (answers with the request it received, as JSON)",
+        demo.upstream
+    );
+    println!(
+        "  processor  {}     (extproc::demo::AddHeaders, gRPC)\n",
+        demo.processor
+    );
     println!("Try:\n  curl -i http://{}/hello\n", demo.listener);
     match demo.probe().await {
         Ok((resp, up)) => {
             println!("A request just sent through the proxy shows the processor at work:");
-            println!("  the upstream saw   x-ext-proc-header: {}", up.as_deref().unwrap_or("(missing)"));
-            println!("  the response has   x-ext-proc-header: {}", resp.as_deref().unwrap_or("(missing)"));
+            println!(
+                "  the upstream saw   x-ext-proc-header: {}",
+                up.as_deref().unwrap_or("(missing)")
+            );
+            println!(
+                "  the response has   x-ext-proc-header: {}",
+                resp.as_deref().unwrap_or("(missing)")
+            );
         }
         Err(e) => println!("The self-check request failed: {e:#}"),
     }
@@ -193,7 +241,9 @@ pub async fn run(args: DemoArgs, concurrency: usize) -> anyhow::Result<()> {
 async fn serve_echo(listener: TcpListener) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         conns.spawn(async move {
             let svc = hyper::service::service_fn(echo);
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -205,13 +255,22 @@ async fn serve_echo(listener: TcpListener) {
 }
 
 /// Answers 200 with `{"method","path","headers":{name:[values]},"body"}`.
-async fn echo(req: http::Request<hyper::body::Incoming>) -> Result<http::Response<Body>, Infallible> {
+async fn echo(
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in &parts.headers {
-        headers.entry(k.as_str().to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
     }
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let json = serde_json::json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
@@ -221,6 +280,9 @@ async fn echo(req: http::Request<hyper::body::Incoming>) -> Result<http::Respons
     let mut text = serde_json::to_string_pretty(&json).unwrap_or_default();
     text.push('\n');
     let mut resp = http::Response::new(full_body(text));
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }

@@ -74,7 +74,10 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
         other => other,
     };
     let filter = tracing_subscriber::EnvFilter::try_new(level).context("invalid --log-level")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     Ok(())
 }
 
@@ -88,15 +91,19 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(&cli.log_level)?;
-    let concurrency = cli
-        .concurrency
-        .filter(|c| *c > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let concurrency = cli.concurrency.filter(|c| *c > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     if let Some(Command::Demo(args)) = cli.command {
         return runtime(concurrency)?.block_on(extproxy::demo::run(args, concurrency));
     }
     let (bootstrap, source) = load_bootstrap(&cli)?;
-    let options = extproxy::Options { concurrency, drain_time: Duration::from_secs(cli.drain_time_s) };
+    let options = extproxy::Options {
+        concurrency,
+        drain_time: Duration::from_secs(cli.drain_time_s),
+    };
     if let Mode::Validate = cli.mode {
         // Inside a runtime: building filters creates the (lazily connecting) gRPC channels.
         runtime(1)?.block_on(async { extproxy::server::validate(&bootstrap, &options) })?;
@@ -106,7 +113,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime(concurrency)?.block_on(async move {
         let server = extproxy::Server::bind(&bootstrap, options).await?;
         if let (Some(path), Some(addr)) = (&cli.admin_address_path, server.admin_addr()) {
-            std::fs::write(path, addr.to_string()).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(path, addr.to_string())
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));
@@ -122,12 +130,15 @@ fn load_bootstrap(cli: &Cli) -> anyhow::Result<(extproxy::config::Bootstrap, Str
     let mut doc: serde_json::Value = serde_json::Value::Null;
     let mut source = String::new();
     if let Some(path) = &cli.config_path {
-        let text = std::fs::read_to_string(path).with_context(|| format!("unable to read file: {}", path.display()))?;
-        doc = serde_yaml_ng::from_str(&text).with_context(|| format!("unable to parse {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("unable to read file: {}", path.display()))?;
+        doc = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("unable to parse {}", path.display()))?;
         source = path.display().to_string();
     }
     if let Some(yaml) = &cli.config_yaml {
-        let overlay: serde_json::Value = serde_yaml_ng::from_str(yaml).context("unable to parse --config-yaml")?;
+        let overlay: serde_json::Value =
+            serde_yaml_ng::from_str(yaml).context("unable to parse --config-yaml")?;
         merge(&mut doc, overlay);
         if source.is_empty() {
             source = "--config-yaml".to_string();
@@ -159,10 +170,11 @@ async fn signal_shutdown(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

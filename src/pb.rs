@@ -14,5 +14,8 @@ pub mod ext_proc {
 /// `envoy.service.network_ext_proc.v3`.
 #[allow(missing_docs, clippy::all)]
 pub mod network_ext_proc {
-    include!(concat!(env!("OUT_DIR"), "/envoy.service.network_ext_proc.v3.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/envoy.service.network_ext_proc.v3.rs"
+    ));
 }

@@ -46,21 +46,37 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { concurrency: 1, drain_time: Duration::from_secs(5) }
+        Options {
+            concurrency: 1,
+            drain_time: Duration::from_secs(5),
+        }
     }
 }
 
 /// Builds every cluster and filter chain without binding anything (`--mode validate`).
 pub fn validate(bootstrap: &Bootstrap, options: &Options) -> Result<(), ConfigError> {
     let stats = Store::new();
-    let clusters = Arc::new(ClusterManager::build(&bootstrap.static_resources.clusters, &stats, options.concurrency)?);
+    let clusters = Arc::new(ClusterManager::build(
+        &bootstrap.static_resources.clusters,
+        &stats,
+        options.concurrency,
+    )?);
     crate::overload::GlobalConnectionLimit::build(bootstrap.overload_manager.as_ref(), &stats)?;
     validate_listeners(bootstrap, &clusters, &stats)
 }
 
-fn validate_listeners(bootstrap: &Bootstrap, clusters: &Arc<ClusterManager>, stats: &Store) -> Result<(), ConfigError> {
+fn validate_listeners(
+    bootstrap: &Bootstrap,
+    clusters: &Arc<ClusterManager>,
+    stats: &Store,
+) -> Result<(), ConfigError> {
     for (i, l) in bootstrap.static_resources.listeners.iter().enumerate() {
-        Listener::validate(l, &format!("static_resources.listeners[{i}]"), clusters, stats)?;
+        Listener::validate(
+            l,
+            &format!("static_resources.listeners[{i}]"),
+            clusters,
+            stats,
+        )?;
     }
     Ok(())
 }
@@ -80,14 +96,26 @@ impl Server {
     /// Nothing is bound if any part of the config is invalid.
     pub async fn bind(bootstrap: &Bootstrap, options: Options) -> Result<Self, Error> {
         let stats = Store::new();
-        let clusters =
-            Arc::new(ClusterManager::build(&bootstrap.static_resources.clusters, &stats, options.concurrency)?);
+        let clusters = Arc::new(ClusterManager::build(
+            &bootstrap.static_resources.clusters,
+            &stats,
+            options.concurrency,
+        )?);
         // Build every chain before binding anything, so a config error binds nothing.
         validate_listeners(bootstrap, &clusters, &stats)?;
-        let global_limit = crate::overload::GlobalConnectionLimit::build(bootstrap.overload_manager.as_ref(), &stats)?;
+        let global_limit = crate::overload::GlobalConnectionLimit::build(
+            bootstrap.overload_manager.as_ref(),
+            &stats,
+        )?;
         let mut listeners = Vec::new();
         for (i, l) in bootstrap.static_resources.listeners.iter().enumerate() {
-            let mut listener = Listener::bind(l, &format!("static_resources.listeners[{i}]"), &clusters, &stats).await?;
+            let mut listener = Listener::bind(
+                l,
+                &format!("static_resources.listeners[{i}]"),
+                &clusters,
+                &stats,
+            )
+            .await?;
             listener.set_global_limit(global_limit.clone());
             listeners.push(listener);
         }
@@ -95,7 +123,10 @@ impl Server {
             None => None,
             Some(ResolvedAddress::Tcp { host, port }) => {
                 let ip: std::net::IpAddr = host.parse().map_err(|_| {
-                    ConfigError::new("admin.address.socket_address.address", format!("malformed IP address: {host}"))
+                    ConfigError::new(
+                        "admin.address.socket_address.address",
+                        format!("malformed IP address: {host}"),
+                    )
                 })?;
                 let addr = SocketAddr::new(ip, port);
                 Some(TcpListener::bind(addr).await.map_err(|e| Error::Bind {
@@ -105,16 +136,31 @@ impl Server {
                 })?)
             }
             Some(ResolvedAddress::Unix(_)) => {
-                return Err(ConfigError::new("admin.address.pipe", "a Unix socket admin address is not supported").into())
+                return Err(ConfigError::new(
+                    "admin.address.pipe",
+                    "a Unix socket admin address is not supported",
+                )
+                .into())
             }
         };
-        stats.gauge("server.concurrency").set(options.concurrency as i64);
-        Ok(Server { listeners, admin, stats, clusters, options })
+        stats
+            .gauge("server.concurrency")
+            .set(options.concurrency as i64);
+        Ok(Server {
+            listeners,
+            admin,
+            stats,
+            clusters,
+            options,
+        })
     }
 
     /// Bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.name == name).map(|l| l.local_addr())
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.local_addr())
     }
 
     /// Bound address of the admin endpoint.
@@ -135,17 +181,27 @@ impl Server {
     /// Serves until `shutdown` is cancelled (or admin `/quitquitquit`), then stops accepting and
     /// waits up to the drain time for open connections to finish.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Server { listeners, admin, stats, clusters: _, options } = self;
+        let Server {
+            listeners,
+            admin,
+            stats,
+            clusters: _,
+            options,
+        } = self;
         let tracker = TaskTracker::new();
         stats.gauge("server.live").set(1);
         let state = Arc::new(AdminState {
             stats: stats.clone(),
-            listeners: listeners.iter().map(|l| (l.name.clone(), l.local_addr())).collect(),
+            listeners: listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.local_addr()))
+                .collect(),
             shutdown: shutdown.clone(),
             started: std::time::Instant::now(),
         });
         let admin_stop = CancellationToken::new();
-        let admin_task = admin.map(|socket| tokio::spawn(admin::serve(socket, state, admin_stop.clone())));
+        let admin_task =
+            admin.map(|socket| tokio::spawn(admin::serve(socket, state, admin_stop.clone())));
         let mut accept_tasks = Vec::new();
         for l in listeners {
             accept_tasks.push(tokio::spawn(l.serve(shutdown.clone(), tracker.clone())));
@@ -156,8 +212,14 @@ impl Server {
             let _ = t.await;
         }
         tracker.close();
-        if tokio::time::timeout(options.drain_time, tracker.wait()).await.is_err() {
-            tracing::info!(open = tracker.len(), "drain time over; closing remaining connections");
+        if tokio::time::timeout(options.drain_time, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                open = tracker.len(),
+                "drain time over; closing remaining connections"
+            );
         }
         admin_stop.cancel();
         if let Some(t) = admin_task {

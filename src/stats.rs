@@ -161,7 +161,9 @@ impl Store {
         let stats: Vec<serde_json::Value> = self
             .snapshot()
             .into_iter()
-            .filter(|(n, c, v)| filter.is_none_or(|re| re.is_match(n)) && !(used_only && *c && *v == 0))
+            .filter(|(n, c, v)| {
+                filter.is_none_or(|re| re.is_match(n)) && !(used_only && *c && *v == 0)
+            })
             .map(|(name, _, value)| serde_json::json!({"name": name, "value": value}))
             .collect();
         serde_json::json!({ "stats": stats }).to_string()
@@ -179,7 +181,11 @@ impl Store {
                 .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
                 .collect::<Vec<_>>()
                 .join(",");
-            families.entry(family).or_insert((is_counter, Vec::new())).1.push((labels, v));
+            families
+                .entry(family)
+                .or_insert((is_counter, Vec::new()))
+                .1
+                .push((labels, v));
         }
         let mut out = String::new();
         for (family, (is_counter, series)) in families {
@@ -205,7 +211,11 @@ fn extract_tags(name: &str) -> (String, Vec<(&'static str, String)>) {
     ];
     for (prefix, label) in RULES {
         if let Some(rest) = name.strip_prefix(prefix) {
-            let split = if *prefix == "listener." { split_address(rest) } else { rest.split_once('.') };
+            let split = if *prefix == "listener." {
+                split_address(rest)
+            } else {
+                rest.split_once('.')
+            };
             if let Some((value, tail)) = split {
                 let base = format!("{}{}", prefix, tail);
                 return (base, vec![(label, value.to_string())]);
@@ -226,7 +236,15 @@ fn split_address(rest: &str) -> Option<(&str, &str)> {
 
 /// Prometheus metric names allow `[a-zA-Z0-9_:]`; Envoy maps everything else to `_`.
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == ':' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -248,11 +266,15 @@ mod tests {
         s.counter("http.ingress.ext_proc.streams_started").inc();
         s.counter("http.ingress.ext_proc.second.streams_started");
         s.counter("network_ext_proc.ep.read_data_sent").add(4);
-        s.gauge("listener.127.0.0.1_10000.downstream_cx_active").set(2);
+        s.gauge("listener.127.0.0.1_10000.downstream_cx_active")
+            .set(2);
         let p = s.render_prometheus();
         assert!(p.contains("# TYPE envoy_http_ext_proc_streams_started counter\nenvoy_http_ext_proc_streams_started{envoy_http_conn_manager_prefix=\"ingress\"} 1\n"), "{p}");
         assert!(p.contains("envoy_http_ext_proc_second_streams_started{envoy_http_conn_manager_prefix=\"ingress\"} 0"), "{p}");
-        assert!(p.contains("envoy_network_ext_proc_ep_read_data_sent{} 4"), "{p}");
+        assert!(
+            p.contains("envoy_network_ext_proc_ep_read_data_sent{} 4"),
+            "{p}"
+        );
         assert!(p.contains("# TYPE envoy_listener_downstream_cx_active gauge\nenvoy_listener_downstream_cx_active{envoy_listener_address=\"127.0.0.1_10000\"} 2"), "{p}");
     }
 

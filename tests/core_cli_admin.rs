@@ -62,7 +62,11 @@ fn validate_mode_prints_envoys_ok_line() {
 fn unknown_field_is_an_error_naming_its_path_and_binds_nothing() {
     let dir = TempDir::new("cli").unwrap();
     // A listener on a port we hold free, and a bad field further down: nothing may be bound.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let yaml = format!(
         "{ADMIN_AND_CLUSTER}  listeners:\n  - name: l\n    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}\n    filter_chains: [{{filters: []}}]\n"
     )
@@ -70,10 +74,20 @@ fn unknown_field_is_an_error_naming_its_path_and_binds_nothing() {
     let file = write(&dir, "bad.yaml", &yaml);
     let r = run(EXTPROXY, &["-c", &file]);
     assert_ne!(r.code, Some(0));
-    assert!(r.stderr.contains("static_resources.clusters[0].bogus_knob"), "{}", r.stderr);
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} must not be bound");
+    assert!(
+        r.stderr.contains("static_resources.clusters[0].bogus_knob"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} must not be bound"
+    );
     // Envoy rejects the same file too.
-    let r = run(envoy_binary().to_str().unwrap(), &["--mode", "validate", "-c", &file, "-l", "error"]);
+    let r = run(
+        envoy_binary().to_str().unwrap(),
+        &["--mode", "validate", "-c", &file, "-l", "error"],
+    );
     assert_ne!(r.code, Some(0), "envoy accepted: {}", r.stdout);
 }
 
@@ -87,21 +101,39 @@ fn unsupported_filter_is_an_error_naming_its_path() {
     let r = run(EXTPROXY, &["--mode", "validate", "-c", &file]);
     assert_ne!(r.code, Some(0));
     assert!(
-        r.stderr.contains("static_resources.listeners[0].filter_chains[0].filters[0].name"),
+        r.stderr
+            .contains("static_resources.listeners[0].filter_chains[0].filters[0].name"),
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("envoy.filters.network.echo"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("envoy.filters.network.echo"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn config_yaml_flag_works_alone_and_merges_over_the_file() {
     let dir = TempDir::new("cli").unwrap();
     let file = write(&dir, "ok.yaml", ADMIN_AND_CLUSTER);
-    let r = run(EXTPROXY, &["--mode", "validate", "--config-yaml", ADMIN_AND_CLUSTER]);
+    let r = run(
+        EXTPROXY,
+        &["--mode", "validate", "--config-yaml", ADMIN_AND_CLUSTER],
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     // Merging adds a second cluster with the same name: protobuf MergeFrom appends lists.
-    let r = run(EXTPROXY, &["--mode", "validate", "-c", &file, "--config-yaml", ADMIN_AND_CLUSTER]);
+    let r = run(
+        EXTPROXY,
+        &[
+            "--mode",
+            "validate",
+            "-c",
+            &file,
+            "--config-yaml",
+            ADMIN_AND_CLUSTER,
+        ],
+    );
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("duplicate cluster up"), "{}", r.stderr);
 }
@@ -110,11 +142,20 @@ fn config_yaml_flag_works_alone_and_merges_over_the_file() {
 #[tokio::test]
 async fn admin_endpoints_match_envoy() {
     let envoy = ProxyProcess::envoy(ADMIN_AND_CLUSTER).await.unwrap();
-    let ours = ProxyProcess::start(EXTPROXY.as_ref(), ADMIN_AND_CLUSTER, &[]).await.unwrap();
+    let ours = ProxyProcess::start(EXTPROXY.as_ref(), ADMIN_AND_CLUSTER, &[])
+        .await
+        .unwrap();
     for p in [&envoy, &ours] {
-        assert_eq!(p.admin_get("/ready").await.unwrap(), (200, "LIVE\n".to_string()));
+        assert_eq!(
+            p.admin_get("/ready").await.unwrap(),
+            (200, "LIVE\n".to_string())
+        );
         let stats = p.stats().await;
-        assert_eq!(stats.get("cluster.up.upstream_cx_total"), Some(&0), "{stats:?}");
+        assert_eq!(
+            stats.get("cluster.up.upstream_cx_total"),
+            Some(&0),
+            "{stats:?}"
+        );
         let (status, prom) = p.admin_get("/stats/prometheus").await.unwrap();
         assert_eq!(status, 200);
         assert!(
@@ -128,16 +169,23 @@ async fn admin_endpoints_match_envoy() {
 
 #[tokio::test]
 async fn quitquitquit_stops_the_process() {
-    let mut ours = ProxyProcess::start(EXTPROXY.as_ref(), ADMIN_AND_CLUSTER, &[]).await.unwrap();
+    let mut ours = ProxyProcess::start(EXTPROXY.as_ref(), ADMIN_AND_CLUSTER, &[])
+        .await
+        .unwrap();
     let admin = ours.admin_addr();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let req = http::Request::post(format!("http://{admin}/quitquitquit")).body(Default::default()).unwrap();
+    let req = http::Request::post(format!("http://{admin}/quitquitquit"))
+        .body(Default::default())
+        .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while ours.admin_get("/ready").await.is_ok() {
-        assert!(std::time::Instant::now() < deadline, "still serving after /quitquitquit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still serving after /quitquitquit"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ours.kill();

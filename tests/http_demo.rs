@@ -14,8 +14,14 @@ async fn demo_shows_the_add_headers_effect() {
     assert_eq!(upstream.as_deref(), Some("hello-to-asm"));
     assert_eq!(response.as_deref(), Some("hello-from-asm"));
     // A real client through the proxy: HTTP/2 too.
-    let resp = testenv::TestRequest::get("/x").send(demo.listener, testenv::HttpVersion::Http2).await.unwrap();
+    let resp = testenv::TestRequest::get("/x")
+        .send(demo.listener, testenv::HttpVersion::Http2)
+        .await
+        .unwrap();
     assert_eq!(resp.header("x-ext-proc-header"), Some("hello-from-asm"));
-    assert_eq!(resp.json()["headers"]["x-ext-proc-header"][0], "hello-to-asm");
+    assert_eq!(
+        resp.json()["headers"]["x-ext-proc-header"][0],
+        "hello-to-asm"
+    );
     demo.stop().await;
 }

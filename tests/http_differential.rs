@@ -19,10 +19,17 @@ struct Scenario {
 fn scenarios() -> Vec<Scenario> {
     let mut v = Vec::new();
     for version in [HttpVersion::Http1, HttpVersion::Http2] {
-        let mut add = |name: &'static str, req: TestRequest| v.push(Scenario { name, req, version });
-        add("plain GET", TestRequest::get("/hello?x=1").header("user-agent", "diff"));
+        let mut add =
+            |name: &'static str, req: TestRequest| v.push(Scenario { name, req, version });
+        add(
+            "plain GET",
+            TestRequest::get("/hello?x=1").header("user-agent", "diff"),
+        );
         add("POST with body", TestRequest::post("/post", "hello world"));
-        add("chunked POST", TestRequest::new("POST", "/chunked").chunked(&["ab", "cd"], Duration::from_millis(10)));
+        add(
+            "chunked POST",
+            TestRequest::new("POST", "/chunked").chunked(&["ab", "cd"], Duration::from_millis(10)),
+        );
         add(
             "hop-by-hop and envoy headers are stripped",
             TestRequest::get("/strip")
@@ -33,12 +40,28 @@ fn scenarios() -> Vec<Scenario> {
                 .header("x-forwarded-for", "10.0.0.1")
                 .header("x-request-id", "client-id"),
         );
-        add("route and vhost headers", TestRequest::get("/h").header("x-remove-me", "1").header("x-over", "client"));
-        add("response header removal", TestRequest::get("/r").header("x-echo-response-headers", "x-strip-me=1,x-kept=2"));
+        add(
+            "route and vhost headers",
+            TestRequest::get("/h")
+                .header("x-remove-me", "1")
+                .header("x-over", "client"),
+        );
+        add(
+            "response header removal",
+            TestRequest::get("/r").header("x-echo-response-headers", "x-strip-me=1,x-kept=2"),
+        );
         add("exact path", TestRequest::get("/exact"));
         add("regex path", TestRequest::get("/re/123"));
-        add("header match", TestRequest::get("/hdr").header("x-match", "yes"));
-        add("header match inverted", TestRequest::get("/hdr").header("x-match", "yes").header("x-absent", "1"));
+        add(
+            "header match",
+            TestRequest::get("/hdr").header("x-match", "yes"),
+        );
+        add(
+            "header match inverted",
+            TestRequest::get("/hdr")
+                .header("x-match", "yes")
+                .header("x-absent", "1"),
+        );
         add("case-insensitive prefix", TestRequest::get("/cAsE/1"));
         add("prefix rewrite", TestRequest::get("/rewrite/a?b=c"));
         add("HTTP/2 upstream", TestRequest::post("/h2/x", "body"));
@@ -46,9 +69,20 @@ fn scenarios() -> Vec<Scenario> {
         add("connect failure", TestRequest::get("/dead"));
         add("no healthy upstream", TestRequest::get("/empty"));
         add("route timeout", TestRequest::get("/timeout"));
-        add("gRPC local reply", TestRequest::post("/empty", "x").header("content-type", "application/grpc"));
-        add("upstream status", TestRequest::get("/s").header("x-echo-status", "503"));
-        add("chunked response", TestRequest::get("/c").header("x-echo-chunks", "3").header("x-echo-mode", "raw"));
+        add(
+            "gRPC local reply",
+            TestRequest::post("/empty", "x").header("content-type", "application/grpc"),
+        );
+        add(
+            "upstream status",
+            TestRequest::get("/s").header("x-echo-status", "503"),
+        );
+        add(
+            "chunked response",
+            TestRequest::get("/c")
+                .header("x-echo-chunks", "3")
+                .header("x-echo-mode", "raw"),
+        );
         let mut r = TestRequest::get("/v");
         r.authority = "api.example.com".into();
         add("virtual host by domain", r);
@@ -72,8 +106,17 @@ async fn basic_yaml_behaves_like_envoy() {
     let ups = Upstreams::start().await;
     let yaml = ups.basic_yaml("AUTO");
     let envoy = ProxyProcess::envoy(&yaml).await.expect("envoy");
-    let ours = ProxyProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")), &yaml, &[]).await.expect("extproxy");
-    let (e_addr, x_addr) = (envoy.listener_addr("ingress").await, ours.listener_addr("ingress").await);
+    let ours = ProxyProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
+        &yaml,
+        &[],
+    )
+    .await
+    .expect("extproxy");
+    let (e_addr, x_addr) = (
+        envoy.listener_addr("ingress").await,
+        ours.listener_addr("ingress").await,
+    );
     let mut failures = Vec::new();
     for s in scenarios() {
         let e: Observation = observe(e_addr, &ups.echo, &s.req, s.version).await;
@@ -83,7 +126,12 @@ async fn basic_yaml_behaves_like_envoy() {
             failures.push(p.downcast_ref::<String>().cloned().unwrap_or_default());
         }
     }
-    assert!(failures.is_empty(), "{} scenario(s) differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} scenario(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Trailers, in both directions and over both codecs.
@@ -92,8 +140,17 @@ async fn trailers_behave_like_envoy() {
     let ups = Upstreams::start().await;
     let yaml = ups.basic_yaml("AUTO");
     let envoy = ProxyProcess::envoy(&yaml).await.expect("envoy");
-    let ours = ProxyProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")), &yaml, &[]).await.expect("extproxy");
-    let (e_addr, x_addr) = (envoy.listener_addr("ingress").await, ours.listener_addr("ingress").await);
+    let ours = ProxyProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
+        &yaml,
+        &[],
+    )
+    .await
+    .expect("extproxy");
+    let (e_addr, x_addr) = (
+        envoy.listener_addr("ingress").await,
+        ours.listener_addr("ingress").await,
+    );
     let mut failures = Vec::new();
     for version in [HttpVersion::Http1, HttpVersion::Http2] {
         for path in ["/t", "/h2/t"] {
@@ -111,7 +168,12 @@ async fn trailers_behave_like_envoy() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} scenario(s) differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} scenario(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Malformed HTTP/1.1: same status, body, `connection` header and close.
@@ -120,9 +182,21 @@ async fn malformed_http1_behaves_like_envoy() {
     let ups = Upstreams::start().await;
     let yaml = ups.basic_yaml("AUTO");
     let envoy = ProxyProcess::envoy(&yaml).await.expect("envoy");
-    let ours = ProxyProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")), &yaml, &[]).await.expect("extproxy");
-    let (e_addr, x_addr) = (envoy.listener_addr("ingress").await, ours.listener_addr("ingress").await);
-    let big = format!("GET /x HTTP/1.1\r\nHost: example.com\r\nx-big: {}\r\n\r\n", "a".repeat(70_000));
+    let ours = ProxyProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
+        &yaml,
+        &[],
+    )
+    .await
+    .expect("extproxy");
+    let (e_addr, x_addr) = (
+        envoy.listener_addr("ingress").await,
+        ours.listener_addr("ingress").await,
+    );
+    let big = format!(
+        "GET /x HTTP/1.1\r\nHost: example.com\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
     let many: String = (0..101).map(|i| format!("x-h{i}: 1\r\n")).collect();
     let many = format!("GET /x HTTP/1.1\r\nHost: example.com\r\n{many}\r\n");
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -142,9 +216,21 @@ async fn malformed_http1_behaves_like_envoy() {
     for (what, bytes) in cases {
         let e = http_support::raw_http1(e_addr, &bytes, Duration::from_secs(2)).await;
         let x = http_support::raw_http1(x_addr, &bytes, Duration::from_secs(2)).await;
-        let view = |r: &http_support::RawResponse| (r.status(), r.body().to_string(), r.header("connection"), r.header("content-type"), r.closed);
+        let view = |r: &http_support::RawResponse| {
+            (
+                r.status(),
+                r.body().to_string(),
+                r.header("connection"),
+                r.header("content-type"),
+                r.closed,
+            )
+        };
         if view(&e) != view(&x) {
-            failures.push(format!("{what}: envoy {:?} extproxy {:?}", view(&e), view(&x)));
+            failures.push(format!(
+                "{what}: envoy {:?} extproxy {:?}",
+                view(&e),
+                view(&x)
+            ));
         }
     }
     assert!(ups.echo.requests().is_empty());

@@ -44,7 +44,11 @@ async fn proxies_with_envoys_request_and_response_headers() {
         assert_eq!(seen.header("x-added"), Some("1"));
         assert_eq!(seen.headers["x-over"], ["route"]);
         assert_eq!(seen.header("x-remove-me"), None);
-        assert_eq!(seen.header("x-forwarded-for"), None, "no XFF without use_remote_address");
+        assert_eq!(
+            seen.header("x-forwarded-for"),
+            None,
+            "no XFF without use_remote_address"
+        );
     }
 }
 
@@ -58,7 +62,12 @@ async fn routes_by_path_regex_headers_and_domain() {
         ("example.com", "/re/42", &[], Some("regex")),
         ("example.com", "/re/4x", &[], None),
         ("example.com", "/hdr", &[("x-match", "yes")], Some("hdr")),
-        ("example.com", "/hdr", &[("x-match", "yes"), ("x-absent", "1")], None),
+        (
+            "example.com",
+            "/hdr",
+            &[("x-match", "yes"), ("x-absent", "1")],
+            None,
+        ),
         ("example.com", "/hdr", &[("x-match", "no")], None),
         ("example.com", "/case/x", &[], Some("case")),
     ];
@@ -72,12 +81,21 @@ async fn routes_by_path_regex_headers_and_domain() {
         assert_eq!(resp.status, 200, "{path}");
         assert_eq!(resp.header("x-route"), *want, "{path} {headers:?}");
     }
-    for host in ["api.example.com", "API.EXAMPLE.COM", "a.wild.test", "pre.anything"] {
+    for host in [
+        "api.example.com",
+        "API.EXAMPLE.COM",
+        "a.wild.test",
+        "pre.anything",
+    ] {
         let mut req = TestRequest::get("/v");
         req.authority = host.to_string();
         let resp = req.send(proxy.ingress(), HttpVersion::Http2).await.unwrap();
         assert_eq!(resp.status, 200, "{host}");
-        assert_eq!(ups.echo.last_request().header("x-vhost"), Some("api"), "{host}");
+        assert_eq!(
+            ups.echo.last_request().header("x-vhost"),
+            Some("api"),
+            "{host}"
+        );
         assert_eq!(resp.header("x-vh"), None, "{host}");
     }
     // `wild.test` does not match `*.wild.test` (the wildcard needs a character); `*` takes it.
@@ -91,11 +109,17 @@ async fn routes_by_path_regex_headers_and_domain() {
 async fn prefix_rewrite_keeps_the_query_and_records_the_original_path() {
     let (ups, proxy) = setup().await;
     for v in VERSIONS {
-        let resp = TestRequest::get("/rewrite/a/b?q=1").send(proxy.ingress(), v).await.unwrap();
+        let resp = TestRequest::get("/rewrite/a/b?q=1")
+            .send(proxy.ingress(), v)
+            .await
+            .unwrap();
         assert_eq!(resp.status, 200);
         let seen = ups.echo.last_request();
         assert_eq!(seen.path, "/new/a/b?q=1");
-        assert_eq!(seen.header("x-envoy-original-path"), Some("/rewrite/a/b?q=1"));
+        assert_eq!(
+            seen.header("x-envoy-original-path"),
+            Some("/rewrite/a/b?q=1")
+        );
     }
 }
 
@@ -114,7 +138,9 @@ async fn no_route_is_404_with_an_empty_body() {
     }
     assert!(ups.echo.requests().is_empty());
     assert_eq!(proxy.stat("http.ingress_http.no_route"), 2);
-    proxy.wait_stat("http.ingress_http.downstream_rq_4xx", 2).await;
+    proxy
+        .wait_stat("http.ingress_http.downstream_rq_4xx", 2)
+        .await;
 }
 
 #[tokio::test]
@@ -127,14 +153,27 @@ async fn upstream_failures_are_envoys_local_replies() {
     ];
     for v in VERSIONS {
         for (path, status, body) in cases {
-            let resp = TestRequest::get(path).send(proxy.ingress(), v).await.unwrap();
+            let resp = TestRequest::get(path)
+                .send(proxy.ingress(), v)
+                .await
+                .unwrap();
             assert_eq!(resp.status, status, "{path}");
             assert_eq!(resp.text(), body, "{path}");
             assert_eq!(resp.header("content-type"), Some("text/plain"));
-            assert_eq!(resp.header("content-length"), Some(body.len().to_string().as_str()));
-            assert_eq!(resp.header("x-global"), Some("g"), "route response headers apply to local replies");
+            assert_eq!(
+                resp.header("content-length"),
+                Some(body.len().to_string().as_str())
+            );
+            assert_eq!(
+                resp.header("x-global"),
+                Some("g"),
+                "route response headers apply to local replies"
+            );
         }
-        let resp = TestRequest::get("/timeout").send(proxy.ingress(), v).await.unwrap();
+        let resp = TestRequest::get("/timeout")
+            .send(proxy.ingress(), v)
+            .await
+            .unwrap();
         assert_eq!(resp.header("x-route"), Some("timeout"));
     }
     assert!(ups.blackhole.accepted() >= 1);
@@ -168,14 +207,23 @@ async fn grpc_requests_get_trailers_only_local_replies() {
 #[tokio::test]
 async fn direct_response_and_http2_upstream() {
     let (ups, proxy) = setup().await;
-    let resp = TestRequest::get("/direct").send(proxy.ingress(), HttpVersion::Http1).await.unwrap();
+    let resp = TestRequest::get("/direct")
+        .send(proxy.ingress(), HttpVersion::Http1)
+        .await
+        .unwrap();
     assert_eq!((resp.status, resp.text().as_str()), (200, "direct answer"));
     assert_eq!(resp.header("content-type"), Some("text/plain"));
     for v in VERSIONS {
-        let resp = TestRequest::post("/h2/up", "body").send(proxy.ingress(), v).await.unwrap();
+        let resp = TestRequest::post("/h2/up", "body")
+            .send(proxy.ingress(), v)
+            .await
+            .unwrap();
         assert_eq!(resp.status, 200);
         let seen = ups.echo.last_request();
-        assert_eq!((seen.version.as_str(), seen.path.as_str()), ("HTTP/2.0", "/up"));
+        assert_eq!(
+            (seen.version.as_str(), seen.path.as_str()),
+            ("HTTP/2.0", "/up")
+        );
         assert_eq!(seen.body, "body");
         assert_eq!(seen.header("host"), None);
     }
@@ -184,10 +232,18 @@ async fn direct_response_and_http2_upstream() {
 #[tokio::test]
 async fn stats_use_envoys_names() {
     let (_ups, proxy) = setup().await;
-    TestRequest::get("/a").send(proxy.ingress(), HttpVersion::Http1).await.unwrap();
-    TestRequest::get("/a").send(proxy.ingress(), HttpVersion::Http2).await.unwrap();
+    TestRequest::get("/a")
+        .send(proxy.ingress(), HttpVersion::Http1)
+        .await
+        .unwrap();
+    TestRequest::get("/a")
+        .send(proxy.ingress(), HttpVersion::Http2)
+        .await
+        .unwrap();
     let p = "http.ingress_http";
-    proxy.wait_stat(&format!("{p}.downstream_rq_completed"), 2).await;
+    proxy
+        .wait_stat(&format!("{p}.downstream_rq_completed"), 2)
+        .await;
     for (name, want) in [
         ("downstream_rq_total", 2),
         ("downstream_rq_http1_total", 1),
@@ -209,11 +265,21 @@ async fn stats_use_envoys_names() {
 #[tokio::test]
 async fn http10_gets_426_and_missing_host_400() {
     let (ups, proxy) = setup().await;
-    let r = raw_http1(proxy.ingress(), b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n", Duration::from_secs(2)).await;
+    let r = raw_http1(
+        proxy.ingress(),
+        b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert_eq!(r.status(), 426, "{}", r.text);
     assert_eq!(r.body(), "Upgrade Required");
     assert!(r.closed);
-    let r = raw_http1(proxy.ingress(), b"GET / HTTP/1.1\r\n\r\n", Duration::from_secs(2)).await;
+    let r = raw_http1(
+        proxy.ingress(),
+        b"GET / HTTP/1.1\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert_eq!(r.status(), 400, "{}", r.text);
     assert_eq!(r.body(), "");
     assert!(ups.echo.requests().is_empty());

@@ -860,7 +860,9 @@ async fn differential_prometheus_connection_limit_and_overload() {
     let envoy = prometheus_families(&start(true, &yaml).await, &prefixes).await;
     let ours = prometheus_families(&start(false, &yaml).await, &prefixes).await;
     assert!(
-        envoy.iter().any(|l| l.contains("envoy_connection_limit_prefix=\"cl\"")),
+        envoy
+            .iter()
+            .any(|l| l.contains("envoy_connection_limit_prefix=\"cl\"")),
         "{envoy:#?}"
     );
     assert_eq!(envoy, ours);

@@ -52,12 +52,19 @@ pub fn protocol(
     legacy_http2: &Option<serde_json::Value>,
     path: &str,
 ) -> Result<UpstreamProtocol, ConfigError> {
-    let mut protocol = if legacy_http2.is_some() { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+    let mut protocol = if legacy_http2.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
     for (key, any) in options {
         let p = format!("{path}.typed_extension_protocol_options.{key}");
         let ty = cfg::any_type(any, &p)?;
         if key != HTTP_PROTOCOL_OPTIONS || ty != HTTP_PROTOCOL_OPTIONS {
-            return Err(ConfigError::new(p, format!("unsupported protocol options {key} ({ty})")));
+            return Err(ConfigError::new(
+                p,
+                format!("unsupported protocol options {key} ({ty})"),
+            ));
         }
         let opts: HttpProtocolOptions = cfg::decode_any(any, &p)?;
         match opts.explicit_http_config {

@@ -14,8 +14,8 @@ use super::circuit_breaker::{CircuitBreakers, ResourceGuard};
 use super::{Cluster, UpstreamProtocol};
 use crate::config::core::ResolvedAddress;
 use crate::config::ConfigError;
-use bytes::Bytes;
 use crate::transport_socket::{tls::ClientTls, Stream};
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
@@ -43,7 +43,11 @@ struct Pool {
 }
 
 impl GrpcChannel {
-    pub(super) fn new(cluster: &Cluster, authority: &str, per_endpoint: usize) -> Result<Self, ConfigError> {
+    pub(super) fn new(
+        cluster: &Cluster,
+        authority: &str,
+        per_endpoint: usize,
+    ) -> Result<Self, ConfigError> {
         if cluster.protocol != UpstreamProtocol::Http2 {
             // Envoy accepts this config and fails each stream; we refuse it up front, naming it.
             return Err(ConfigError::new(
@@ -52,14 +56,26 @@ impl GrpcChannel {
             ));
         }
         // Over TLS the side stream's `:scheme` is https, as Envoy sends it.
-        let scheme = if cluster.tls.is_some() { "https" } else { "http" };
-        let origin: http::Uri = format!("{scheme}://{authority}")
-            .parse()
-            .map_err(|e| ConfigError::new("envoy_grpc.authority", format!("invalid authority {authority:?}: {e}")))?;
+        let scheme = if cluster.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let origin: http::Uri = format!("{scheme}://{authority}").parse().map_err(|e| {
+            ConfigError::new(
+                "envoy_grpc.authority",
+                format!("invalid authority {authority:?}: {e}"),
+            )
+        })?;
         let mut channels = Vec::new();
         for addr in cluster.endpoints() {
             for _ in 0..per_endpoint {
-                channels.push(channel(addr, &origin, cluster.connect_timeout, cluster.tls.as_ref())?);
+                channels.push(channel(
+                    addr,
+                    &origin,
+                    cluster.connect_timeout,
+                    cluster.tls.as_ref(),
+                )?);
             }
         }
         Ok(GrpcChannel {
@@ -81,7 +97,10 @@ impl GrpcChannel {
         }
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
         let channel = self.inner.channels.get(i)?.clone();
-        Some(SideChannel { channel, pool: self.inner.clone() })
+        Some(SideChannel {
+            channel,
+            pool: self.inner.clone(),
+        })
     }
 
     /// Name of the cluster behind this channel.
@@ -96,7 +115,8 @@ fn channel(
     connect_timeout: std::time::Duration,
     tls: Option<&ClientTls>,
 ) -> Result<Channel, ConfigError> {
-    let invalid = |e: tonic::transport::Error| ConfigError::new(format!("endpoint {addr}"), e.to_string());
+    let invalid =
+        |e: tonic::transport::Error| ConfigError::new(format!("endpoint {addr}"), e.to_string());
     let uri = match addr {
         ResolvedAddress::Tcp { .. } => format!("http://{addr}"),
         // The URI is unused for Unix sockets: the connector below ignores it.
@@ -145,7 +165,11 @@ fn channel(
             let path = path.clone();
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                 let path = path.clone();
-                async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(TokioIo::new)
+                }
             }))
         }
     })
@@ -160,7 +184,8 @@ pub struct SideChannel {
 }
 
 /// Envoy's local reply to a gRPC call refused by a circuit breaker, as the async client sees it.
-const OVERFLOW_MESSAGE: &str = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+const OVERFLOW_MESSAGE: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
 
 impl SideChannel {
     /// The limits this stream takes: the pool (first stream only) and a request.
@@ -175,10 +200,19 @@ impl SideChannel {
 
 /// A trailers-only `UNAVAILABLE` response (what Envoy's router answers a gRPC call on overflow).
 fn overflow_response() -> http::Response<GuardedBody> {
-    let mut resp = http::Response::new(GuardedBody { inner: tonic::body::Body::empty(), _request: None });
+    let mut resp = http::Response::new(GuardedBody {
+        inner: tonic::body::Body::empty(),
+        _request: None,
+    });
     let headers = resp.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", http::HeaderValue::from(tonic::Code::Unavailable as i32));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(
+        "grpc-status",
+        http::HeaderValue::from(tonic::Code::Unavailable as i32),
+    );
     headers.insert(
         "grpc-message",
         http::HeaderValue::from_static(OVERFLOW_MESSAGE),
@@ -186,7 +220,9 @@ fn overflow_response() -> http::Response<GuardedBody> {
     resp
 }
 
-type CallFuture = Pin<Box<dyn Future<Output = Result<http::Response<GuardedBody>, tonic::transport::Error>> + Send>>;
+type CallFuture = Pin<
+    Box<dyn Future<Output = Result<http::Response<GuardedBody>, tonic::transport::Error>> + Send>,
+>;
 
 impl tower::Service<http::Request<tonic::body::Body>> for SideChannel {
     type Response = http::Response<GuardedBody>;
@@ -204,7 +240,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for SideChannel {
         let call = tower::Service::call(&mut self.channel, req);
         Box::pin(async move {
             let resp = call.await?;
-            Ok(resp.map(|inner| GuardedBody { inner, _request: Some(request) }))
+            Ok(resp.map(|inner| GuardedBody {
+                inner,
+                _request: Some(request),
+            }))
         })
     }
 }

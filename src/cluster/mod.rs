@@ -12,12 +12,12 @@ use crate::config::bootstrap::{DiscoveryType, LbPolicy};
 use crate::config::core::ResolvedAddress;
 use crate::config::{self as cfg, ConfigError};
 use crate::stats::{Counter, Gauge, Store};
+use crate::transport_socket::{self, tls::ClientTls, Stream};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use crate::transport_socket::{self, tls::ClientTls, Stream};
 use tokio::net::TcpStream;
 
 pub use config::UpstreamProtocol;
@@ -132,20 +132,30 @@ impl Cluster {
             transport_socket,
         } = c;
         if name.is_empty() {
-            return Err(ConfigError::new(format!("{path}.name"), "cluster name must not be empty"));
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                "cluster name must not be empty",
+            ));
         }
         let lb_policy = lb_policy.unwrap_or(LbPolicy::RoundRobin);
         if lb_policy == LbPolicy::LeastRequest {
-            return Err(ConfigError::new(format!("{path}.lb_policy"), "LEAST_REQUEST is not supported"));
+            return Err(ConfigError::new(
+                format!("{path}.lb_policy"),
+                "LEAST_REQUEST is not supported",
+            ));
         }
         let discovery = discovery_type.unwrap_or(DiscoveryType::Static);
         let mut endpoints = Vec::new();
         if let Some(la) = load_assignment {
             for (i, locality) in la.endpoints.iter().enumerate() {
                 for (j, ep) in locality.lb_endpoints.iter().enumerate() {
-                    let p = format!("{path}.load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address");
+                    let p = format!(
+                        "{path}.load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address"
+                    );
                     let addr = ep.endpoint.address.resolve(&p)?;
-                    if let (DiscoveryType::Static, ResolvedAddress::Tcp { host, .. }) = (discovery, &addr) {
+                    if let (DiscoveryType::Static, ResolvedAddress::Tcp { host, .. }) =
+                        (discovery, &addr)
+                    {
                         if host.parse::<std::net::IpAddr>().is_err() {
                             return Err(ConfigError::new(
                                 format!("{p}.socket_address.address"),
@@ -157,7 +167,11 @@ impl Cluster {
                 }
             }
         }
-        let protocol = config::protocol(typed_extension_protocol_options, http2_protocol_options, path)?;
+        let protocol = config::protocol(
+            typed_extension_protocol_options,
+            http2_protocol_options,
+            path,
+        )?;
         // Envoy offers the cluster's protocol when alpn_protocols is empty.
         let default_alpn: &[&str] = match protocol {
             UpstreamProtocol::Http2 => &["h2"],
@@ -172,13 +186,20 @@ impl Cluster {
         )?;
         Ok(Cluster {
             name: name.clone(),
-            connect_timeout: connect_timeout.map(|d| d.get()).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            connect_timeout: connect_timeout
+                .map(|d| d.get())
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             protocol,
             buffer_limit: per_connection_buffer_limit_bytes
                 .map(|b| b as usize)
                 .unwrap_or(DEFAULT_BUFFER_LIMIT),
             stats: ClusterStats::new(store, name),
-            circuit_breakers: Arc::new(circuit_breaker::CircuitBreakers::build(circuit_breakers.as_ref(), name, path, store)?),
+            circuit_breakers: Arc::new(circuit_breaker::CircuitBreakers::build(
+                circuit_breakers.as_ref(),
+                name,
+                path,
+                store,
+            )?),
             tls,
             endpoints,
             lb_policy,
@@ -234,10 +255,14 @@ impl Cluster {
                 ResolvedAddress::Tcp { host, port } => {
                     let target: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
                         Ok(ip) => vec![SocketAddr::new(ip, *port)],
-                        Err(_) => tokio::net::lookup_host((host.as_str(), *port)).await?.collect(),
+                        Err(_) => tokio::net::lookup_host((host.as_str(), *port))
+                            .await?
+                            .collect(),
                     };
                     let _ = self.discovery; // STRICT_DNS and LOGICAL_DNS both resolve per connect
-                    TcpStream::connect(&target[..]).await.map_err(ConnectError::Io)
+                    TcpStream::connect(&target[..])
+                        .await
+                        .map_err(ConnectError::Io)
                 }
                 ResolvedAddress::Unix(p) => Err(ConnectError::NotTcp(p.display().to_string())),
             }
@@ -263,7 +288,11 @@ impl Cluster {
     /// The pooled gRPC channel for side streams to this cluster with the given `:authority`
     /// (empty = the cluster name, as Envoy does). Cheap to clone; connects lazily.
     pub fn grpc_channel(&self, authority: &str) -> Result<grpc::GrpcChannel, ConfigError> {
-        let authority = if authority.is_empty() { self.name.as_str() } else { authority };
+        let authority = if authority.is_empty() {
+            self.name.as_str()
+        } else {
+            authority
+        };
         let mut map = self.grpc.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ch) = map.get(authority) {
             return Ok(ch.clone());
@@ -282,10 +311,19 @@ pub struct ClusterManager {
 
 impl ClusterManager {
     /// Builds all `static_resources.clusters`. `workers` sizes the side-stream connection pools.
-    pub fn build(clusters: &[cfg::Cluster], store: &Store, workers: usize) -> Result<Self, ConfigError> {
+    pub fn build(
+        clusters: &[cfg::Cluster],
+        store: &Store,
+        workers: usize,
+    ) -> Result<Self, ConfigError> {
         let mut map = HashMap::new();
         for (i, c) in clusters.iter().enumerate() {
-            let cluster = Cluster::build(c, &format!("static_resources.clusters[{i}]"), store, workers)?;
+            let cluster = Cluster::build(
+                c,
+                &format!("static_resources.clusters[{i}]"),
+                store,
+                workers,
+            )?;
             map.insert(cluster.name.clone(), Arc::new(cluster));
         }
         Ok(ClusterManager { clusters: map })
@@ -318,7 +356,10 @@ mod tests {
         )
         .unwrap();
         let ports: Vec<String> = (0..4).map(|_| c.pick().unwrap().to_string()).collect();
-        assert_eq!(ports, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(
+            ports,
+            ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]
+        );
         assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c.protocol, UpstreamProtocol::Http1);
     }

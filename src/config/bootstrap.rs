@@ -225,7 +225,10 @@ impl Bootstrap {
             let path = format!("static_resources.listeners[{i}]");
             l.address.resolve(&format!("{path}.address"))?;
             if !l.name.is_empty() && !names.insert(l.name.as_str()) {
-                return Err(ConfigError::new(format!("{path}.name"), format!("duplicate listener {}", l.name)));
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("duplicate listener {}", l.name),
+                ));
             }
             if l.filter_chains.len() != 1 {
                 return Err(ConfigError::new(
@@ -239,6 +242,8 @@ impl Bootstrap {
 
     /// The admin bind address, if an admin endpoint is configured.
     pub fn admin_address(&self) -> Option<ResolvedAddress> {
-        self.admin.as_ref().and_then(|a| a.address.resolve("admin.address").ok())
+        self.admin
+            .as_ref()
+            .and_then(|a| a.address.resolve("admin.address").ok())
     }
 }

@@ -75,7 +75,9 @@ pub enum ResolvedAddress {
 impl std::fmt::Display for ResolvedAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ResolvedAddress::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            ResolvedAddress::Tcp { host, port } if host.contains(':') => {
+                write!(f, "[{host}]:{port}")
+            }
             ResolvedAddress::Tcp { host, port } => write!(f, "{host}:{port}"),
             ResolvedAddress::Unix(p) => write!(f, "{}", p.display()),
         }
@@ -93,7 +95,10 @@ impl Address {
                         "not supported",
                     ));
                 }
-                Ok(ResolvedAddress::Tcp { host: sa.address.clone(), port: sa.port_value })
+                Ok(ResolvedAddress::Tcp {
+                    host: sa.address.clone(),
+                    port: sa.port_value,
+                })
             }
             (None, Some(p)) => {
                 if p.path.starts_with('@') {
@@ -104,7 +109,10 @@ impl Address {
                 }
                 Ok(ResolvedAddress::Unix(p.path.clone().into()))
             }
-            _ => Err(ConfigError::new(path, "exactly one of socket_address or pipe must be set")),
+            _ => Err(ConfigError::new(
+                path,
+                "exactly one of socket_address or pipe must be set",
+            )),
         }
     }
 }

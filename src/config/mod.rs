@@ -41,7 +41,10 @@ impl fmt::Display for ConfigError {
 impl ConfigError {
     /// An error at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -78,7 +81,11 @@ pub fn decode<T: DeserializeOwned>(value: serde_json::Value, path: &str) -> Resu
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let message = e.inner().to_string();
-        let mut full = if inner == "." { path.to_string() } else { join(path, &inner) };
+        let mut full = if inner == "." {
+            path.to_string()
+        } else {
+            join(path, &inner)
+        };
         // serde names the unknown field only in its message; put it in the path too.
         if let Some(rest) = message.strip_prefix("unknown field `") {
             if let Some(field) = rest.split('`').next() {
@@ -97,11 +104,16 @@ pub type RawAny = serde_json::Map<String, serde_json::Value>;
 /// The `@type` of an `Any`, without the `type.googleapis.com/` prefix.
 pub fn any_type(any: &RawAny, path: &str) -> Result<String, ConfigError> {
     match any.get("@type") {
-        Some(serde_json::Value::String(t)) => {
-            Ok(t.rsplit_once('/').map(|(_, name)| name).unwrap_or(t).to_string())
-        }
+        Some(serde_json::Value::String(t)) => Ok(t
+            .rsplit_once('/')
+            .map(|(_, name)| name)
+            .unwrap_or(t)
+            .to_string()),
         Some(_) => Err(ConfigError::new(join(path, "@type"), "must be a string")),
-        None => Err(ConfigError::new(join(path, "@type"), "missing @type in typed_config")),
+        None => Err(ConfigError::new(
+            join(path, "@type"),
+            "missing @type in typed_config",
+        )),
     }
 }
 
@@ -138,6 +150,9 @@ mod tests {
             r#"{"@type":"type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy","x":1}"#,
         )
         .unwrap();
-        assert_eq!(any_type(&any, "p").unwrap(), "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy");
+        assert_eq!(
+            any_type(&any, "p").unwrap(),
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+        );
     }
 }

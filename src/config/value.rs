@@ -26,7 +26,9 @@ impl Duration {
             .ok_or_else(|| format!("invalid duration {s:?}: expected a string like \"1.5s\""))?;
         let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
         if int.starts_with('-') {
-            return Err(format!("invalid duration {s:?}: negative durations are not allowed"));
+            return Err(format!(
+                "invalid duration {s:?}: negative durations are not allowed"
+            ));
         }
         let secs: u64 = int.parse().map_err(|_| format!("invalid duration {s:?}"))?;
         if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
@@ -35,7 +37,9 @@ impl Duration {
         let nanos: u32 = if frac.is_empty() {
             0
         } else {
-            format!("{frac:0<9}").parse().map_err(|_| format!("invalid duration {s:?}"))?
+            format!("{frac:0<9}")
+                .parse()
+                .map_err(|_| format!("invalid duration {s:?}"))?
         };
         Duration::checked(secs, nanos).map_err(|e| format!("invalid duration {s:?}: {e}"))
     }
@@ -97,19 +101,25 @@ pub fn deserialize_enum<'de, D: Deserializer<'de>, E: ProtoEnum>(d: D) -> Result
             write!(f, "a {} name or number", E::TYPE_NAME)
         }
         fn visit_str<Er: de::Error>(self, s: &str) -> Result<E, Er> {
-            E::VALUES.iter().find(|(n, _, _)| *n == s).map(|(_, _, v)| *v).ok_or_else(|| {
-                let names: Vec<&str> = E::VALUES.iter().map(|(n, _, _)| *n).collect();
-                Er::custom(format!(
-                    "unknown {} value {s:?} (supported: {})",
-                    E::TYPE_NAME,
-                    names.join(", ")
-                ))
-            })
+            E::VALUES
+                .iter()
+                .find(|(n, _, _)| *n == s)
+                .map(|(_, _, v)| *v)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = E::VALUES.iter().map(|(n, _, _)| *n).collect();
+                    Er::custom(format!(
+                        "unknown {} value {s:?} (supported: {})",
+                        E::TYPE_NAME,
+                        names.join(", ")
+                    ))
+                })
         }
         fn visit_i64<Er: de::Error>(self, n: i64) -> Result<E, Er> {
-            E::VALUES.iter().find(|(_, i, _)| i64::from(*i) == n).map(|(_, _, v)| *v).ok_or_else(
-                || Er::custom(format!("unknown {} value {n}", E::TYPE_NAME)),
-            )
+            E::VALUES
+                .iter()
+                .find(|(_, i, _)| i64::from(*i) == n)
+                .map(|(_, _, v)| *v)
+                .ok_or_else(|| Er::custom(format!("unknown {} value {n}", E::TYPE_NAME)))
         }
         fn visit_u64<Er: de::Error>(self, n: u64) -> Result<E, Er> {
             self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
@@ -154,7 +164,9 @@ pub fn deserialize_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error>
     }
     match N::deserialize(d)? {
         N::Num(n) => Ok(n),
-        N::Text(s) => s.parse().map_err(|_| de::Error::custom(format!("invalid integer {s:?}"))),
+        N::Text(s) => s
+            .parse()
+            .map_err(|_| de::Error::custom(format!("invalid integer {s:?}"))),
     }
 }
 
@@ -183,7 +195,10 @@ mod tests {
     #[test]
     fn durations_past_envoys_range_are_errors() {
         let d: Duration = serde_json::from_str("\"9223372035.999999999s\"").unwrap();
-        assert_eq!(d.get(), std::time::Duration::new(9_223_372_035, 999_999_999));
+        assert_eq!(
+            d.get(),
+            std::time::Duration::new(9_223_372_035, 999_999_999)
+        );
         for text in [
             "\"9223372036s\"",
             "\"18446744073709551615s\"",
@@ -192,7 +207,9 @@ mod tests {
             // `Duration::new` would panic on the carry from nanos into seconds.
             r#"{"seconds": 18446744073709551615, "nanos": 4294967295}"#,
         ] {
-            let err = serde_json::from_str::<Duration>(text).unwrap_err().to_string();
+            let err = serde_json::from_str::<Duration>(text)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("Duration out-of-range"), "{text}: {err}");
         }
     }
@@ -201,9 +218,14 @@ mod tests {
 
     #[test]
     fn enums_accept_names_and_numbers() {
-        assert_eq!(serde_json::from_str::<Color>("\"BLUE\"").unwrap(), Color::Blue);
+        assert_eq!(
+            serde_json::from_str::<Color>("\"BLUE\"").unwrap(),
+            Color::Blue
+        );
         assert_eq!(serde_json::from_str::<Color>("0").unwrap(), Color::Red);
-        let err = serde_json::from_str::<Color>("\"GREEN\"").unwrap_err().to_string();
+        let err = serde_json::from_str::<Color>("\"GREEN\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("supported: RED, BLUE"), "{err}");
     }
 }

@@ -76,10 +76,21 @@ impl Listener {
         clusters: &Arc<crate::cluster::ClusterManager>,
         store: &Store,
     ) -> Result<(), ConfigError> {
-        let buffer_limit = l.per_connection_buffer_limit_bytes.map(|b| b as usize).unwrap_or(DEFAULT_BUFFER_LIMIT);
-        let ctx = BuildContext { clusters, stats: store, buffer_limit, listener_name: &l.name };
+        let buffer_limit = l
+            .per_connection_buffer_limit_bytes
+            .map(|b| b as usize)
+            .unwrap_or(DEFAULT_BUFFER_LIMIT);
+        let ctx = BuildContext {
+            clusters,
+            stats: store,
+            buffer_limit,
+            listener_name: &l.name,
+        };
         let Some(chain_cfg) = l.filter_chains.first() else {
-            return Err(ConfigError::new(format!("{path}.filter_chains"), "no filter chains specified"));
+            return Err(ConfigError::new(
+                format!("{path}.filter_chains"),
+                "no filter chains specified",
+            ));
         };
         FilterChain::build(chain_cfg, &format!("{path}.filter_chains[0]"), &ctx)?;
         transport_socket::downstream(
@@ -90,7 +101,10 @@ impl Listener {
         )?;
         if let ResolvedAddress::Tcp { host, .. } = l.address.resolve(&format!("{path}.address"))? {
             host.parse::<std::net::IpAddr>().map_err(|_| {
-                ConfigError::new(format!("{path}.address.socket_address.address"), format!("malformed IP address: {host}"))
+                ConfigError::new(
+                    format!("{path}.address.socket_address.address"),
+                    format!("malformed IP address: {host}"),
+                )
             })?;
         }
         Ok(())
@@ -103,30 +117,63 @@ impl Listener {
         clusters: &Arc<crate::cluster::ClusterManager>,
         store: &Store,
     ) -> Result<Self, crate::server::Error> {
-        let cfg::Listener { name, address, filter_chains, per_connection_buffer_limit_bytes, stat_prefix } = l;
-        let buffer_limit = per_connection_buffer_limit_bytes.map(|b| b as usize).unwrap_or(DEFAULT_BUFFER_LIMIT);
-        let ctx = BuildContext { clusters, stats: store, buffer_limit, listener_name: name };
+        let cfg::Listener {
+            name,
+            address,
+            filter_chains,
+            per_connection_buffer_limit_bytes,
+            stat_prefix,
+        } = l;
+        let buffer_limit = per_connection_buffer_limit_bytes
+            .map(|b| b as usize)
+            .unwrap_or(DEFAULT_BUFFER_LIMIT);
+        let ctx = BuildContext {
+            clusters,
+            stats: store,
+            buffer_limit,
+            listener_name: name,
+        };
         let Some(chain_cfg) = filter_chains.first() else {
-            return Err(ConfigError::new(format!("{path}.filter_chains"), "no filter chains specified").into());
+            return Err(ConfigError::new(
+                format!("{path}.filter_chains"),
+                "no filter chains specified",
+            )
+            .into());
         };
         let chain = FilterChain::build(chain_cfg, &format!("{path}.filter_chains[0]"), &ctx)?;
         let addr = address.resolve(&format!("{path}.address"))?;
         let ResolvedAddress::Tcp { host, port } = &addr else {
-            return Err(ConfigError::new(format!("{path}.address.pipe"), "Unix socket listeners are not supported").into());
+            return Err(ConfigError::new(
+                format!("{path}.address.pipe"),
+                "Unix socket listeners are not supported",
+            )
+            .into());
         };
         let ip: std::net::IpAddr = host.parse().map_err(|_| {
-            ConfigError::new(format!("{path}.address.socket_address.address"), format!("malformed IP address: {host}"))
+            ConfigError::new(
+                format!("{path}.address.socket_address.address"),
+                format!("malformed IP address: {host}"),
+            )
         })?;
-        let socket = bind_tcp(SocketAddr::new(ip, *port))
-            .map_err(|e| crate::server::Error::Bind { listener: name.clone(), addr: addr.to_string(), source: e })?;
-        let local_addr = socket.local_addr().map_err(|e| crate::server::Error::Bind {
-            listener: name.clone(),
-            addr: addr.to_string(),
-            source: e,
-        })?;
+        let socket =
+            bind_tcp(SocketAddr::new(ip, *port)).map_err(|e| crate::server::Error::Bind {
+                listener: name.clone(),
+                addr: addr.to_string(),
+                source: e,
+            })?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| crate::server::Error::Bind {
+                listener: name.clone(),
+                addr: addr.to_string(),
+                source: e,
+            })?;
         // Envoy names the scope after the configured address (port 0 stays 0), `:` → `_`.
         let scope = if stat_prefix.is_empty() {
-            format!("listener.{}", SocketAddr::new(ip, *port).to_string().replace(':', "_"))
+            format!(
+                "listener.{}",
+                SocketAddr::new(ip, *port).to_string().replace(':', "_")
+            )
         } else {
             format!("listener.{stat_prefix}")
         };
@@ -140,9 +187,19 @@ impl Listener {
             downstream_cx_total: store.counter(&format!("{scope}.downstream_cx_total")),
             downstream_cx_destroy: store.counter(&format!("{scope}.downstream_cx_destroy")),
             downstream_cx_active: store.gauge(&format!("{scope}.downstream_cx_active")),
-            downstream_global_cx_overflow: store.counter(&format!("{scope}.downstream_global_cx_overflow")),
+            downstream_global_cx_overflow: store
+                .counter(&format!("{scope}.downstream_global_cx_overflow")),
         };
-        Ok(Listener { name: name.clone(), socket, local_addr, chain: Arc::new(chain), tls, buffer_limit, stats, global_limit: None })
+        Ok(Listener {
+            name: name.clone(),
+            socket,
+            local_addr,
+            chain: Arc::new(chain),
+            tls,
+            buffer_limit,
+            stats,
+            global_limit: None,
+        })
     }
 
     /// The bound address (the real port when the config said 0).
@@ -211,7 +268,14 @@ impl Listener {
                     },
                 };
                 if let Some(stream) = stream {
-                    let conn = Connection { stream, id, peer, local, buffer_limit, shutdown };
+                    let conn = Connection {
+                        stream,
+                        id,
+                        peer,
+                        local,
+                        buffer_limit,
+                        shutdown,
+                    };
                     chain.handle(conn).await;
                 }
                 stats.downstream_cx_destroy.inc();
@@ -222,7 +286,11 @@ impl Listener {
 
 /// Binds with SO_REUSEADDR and Envoy's default backlog.
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

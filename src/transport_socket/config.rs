@@ -125,7 +125,12 @@ impl DataSource {
     /// The bytes, read once at config time.
     pub fn load(&self, path: &str) -> Result<Vec<u8>, ConfigError> {
         use base64::Engine as _;
-        let DataSource { filename, inline_string, inline_bytes, environment_variable } = self;
+        let DataSource {
+            filename,
+            inline_string,
+            inline_bytes,
+            environment_variable,
+        } = self;
         match (filename, inline_string, inline_bytes, environment_variable) {
             (Some(f), None, None, None) => std::fs::read(f)
                 .map_err(|e| ConfigError::new(format!("{path}.filename"), format!("unable to read file: {f}: {e}"))),

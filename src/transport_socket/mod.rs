@@ -42,7 +42,10 @@ fn tls_any<'a>(
             if let Some(any) = typed_config {
                 let ty = cfg::any_type(any, &tpath)?;
                 if ty != RAW_BUFFER_TYPE {
-                    return Err(ConfigError::new(format!("{tpath}.@type"), format!("expected {RAW_BUFFER_TYPE}, got {ty}")));
+                    return Err(ConfigError::new(
+                        format!("{tpath}.@type"),
+                        format!("expected {RAW_BUFFER_TYPE}, got {ty}"),
+                    ));
                 }
                 if any.len() > 1 {
                     return Err(ConfigError::new(tpath, "RawBuffer has no fields"));
@@ -51,12 +54,15 @@ fn tls_any<'a>(
             Ok(None)
         }
         TLS => {
-            let any = typed_config
-                .as_ref()
-                .ok_or_else(|| ConfigError::new(&tpath, format!("typed_config is required for {TLS}")))?;
+            let any = typed_config.as_ref().ok_or_else(|| {
+                ConfigError::new(&tpath, format!("typed_config is required for {TLS}"))
+            })?;
             let ty = cfg::any_type(any, &tpath)?;
             if ty != want {
-                return Err(ConfigError::new(format!("{tpath}.@type"), format!("expected {want}, got {ty}")));
+                return Err(ConfigError::new(
+                    format!("{tpath}.@type"),
+                    format!("expected {want}, got {ty}"),
+                ));
             }
             Ok(Some(any))
         }
@@ -75,7 +81,9 @@ pub fn downstream(
     scope: &str,
 ) -> Result<Option<tls::ServerTls>, ConfigError> {
     let Some(ts) = ts else { return Ok(None) };
-    let Some(any) = tls_any(ts, path, DOWNSTREAM_TYPE)? else { return Ok(None) };
+    let Some(any) = tls_any(ts, path, DOWNSTREAM_TYPE)? else {
+        return Ok(None);
+    };
     let tpath = format!("{path}.typed_config");
     let ctx: config::DownstreamTlsContext = cfg::decode_any(any, &tpath)?;
     tls::ServerTls::build(&ctx, &tpath, store, scope).map(Some)
@@ -90,7 +98,9 @@ pub fn upstream(
     default_alpn: &[&str],
 ) -> Result<Option<tls::ClientTls>, ConfigError> {
     let Some(ts) = ts else { return Ok(None) };
-    let Some(any) = tls_any(ts, path, UPSTREAM_TYPE)? else { return Ok(None) };
+    let Some(any) = tls_any(ts, path, UPSTREAM_TYPE)? else {
+        return Ok(None);
+    };
     let tpath = format!("{path}.typed_config");
     let ctx: config::UpstreamTlsContext = cfg::decode_any(any, &tpath)?;
     tls::ClientTls::build(&ctx, &tpath, store, scope, default_alpn).map(Some)
@@ -179,7 +189,12 @@ fn shutdown_tcp_write(tcp: &TcpStream) -> io::Result<()> {
 
 impl TlsStream {
     fn new(inner: tokio_rustls::TlsStream<TcpStream>) -> Self {
-        TlsStream { inner, maybe_buffered: false, closing: false, shut: false }
+        TlsStream {
+            inner,
+            maybe_buffered: false,
+            closing: false,
+            shut: false,
+        }
     }
 
     fn tcp(&self) -> &TcpStream {
@@ -369,7 +384,11 @@ impl Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(t) => Pin::new(&mut t.inner).poll_read(cx, buf),
@@ -378,14 +397,22 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(t) => Pin::new(&mut t.inner).poll_write(cx, buf),
         }
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(t) => Pin::new(&mut t.inner).poll_write_vectored(cx, bufs),

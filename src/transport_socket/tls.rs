@@ -2,8 +2,8 @@
 //! `DownstreamTlsContext` / `UpstreamTlsContext`, the handshakes, and the `ssl.*` stats.
 
 use super::config::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate, TlsParameters,
-    TlsProtocol, UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate,
+    TlsParameters, TlsProtocol, UpstreamTlsContext,
 };
 use crate::config::ConfigError;
 use crate::stats::{Counter, Store};
@@ -69,11 +69,15 @@ impl SslStats {
         }
         // Envoy makes these on first use; so do we (a lookup per handshake, not per byte).
         if let Some(v) = conn.protocol_version().and_then(version_name) {
-            self.store.counter(&format!("{}versions.{v}", self.prefix)).inc();
+            self.store
+                .counter(&format!("{}versions.{v}", self.prefix))
+                .inc();
         }
         if let Some(suite) = conn.negotiated_cipher_suite() {
             let name = cipher_name(suite.suite());
-            self.store.counter(&format!("{}ciphers.{name}", self.prefix)).inc();
+            self.store
+                .counter(&format!("{}ciphers.{name}", self.prefix))
+                .inc();
         }
         if let Some(group) = conn.negotiated_key_exchange_group() {
             let name = match group.name() {
@@ -82,7 +86,9 @@ impl SslStats {
                 rustls::NamedGroup::secp384r1 => "P-384".to_string(),
                 other => format!("{other:?}"),
             };
-            self.store.counter(&format!("{}curves.{name}", self.prefix)).inc();
+            self.store
+                .counter(&format!("{}curves.{name}", self.prefix))
+                .inc();
         }
     }
 
@@ -128,9 +134,14 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The versions allowed by `tls_params` (Envoy's defaults: TLSv1_2 to TLSv1_3).
-fn versions(params: &Option<TlsParameters>, path: &str) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, ConfigError> {
-    let TlsParameters { tls_minimum_protocol_version, tls_maximum_protocol_version } =
-        params.clone().unwrap_or_default();
+fn versions(
+    params: &Option<TlsParameters>,
+    path: &str,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, ConfigError> {
+    let TlsParameters {
+        tls_minimum_protocol_version,
+        tls_maximum_protocol_version,
+    } = params.clone().unwrap_or_default();
     let rank = |v: Option<TlsProtocol>, default: u8, field: &str| -> Result<u8, ConfigError> {
         match v.unwrap_or(TlsProtocol::Auto) {
             TlsProtocol::Auto => Ok(default),
@@ -142,8 +153,16 @@ fn versions(params: &Option<TlsParameters>, path: &str) -> Result<Vec<&'static r
             )),
         }
     };
-    let min = rank(tls_minimum_protocol_version, 2, "tls_minimum_protocol_version")?;
-    let max = rank(tls_maximum_protocol_version, 3, "tls_maximum_protocol_version")?;
+    let min = rank(
+        tls_minimum_protocol_version,
+        2,
+        "tls_minimum_protocol_version",
+    )?;
+    let max = rank(
+        tls_maximum_protocol_version,
+        3,
+        "tls_maximum_protocol_version",
+    )?;
     if min > max {
         return Err(ConfigError::new(
             format!("{path}.tls_params"),
@@ -173,7 +192,10 @@ fn identity(
         }
     };
     let path = format!("{path}.tls_certificates[0]");
-    let TlsCertificate { certificate_chain, private_key } = cert;
+    let TlsCertificate {
+        certificate_chain,
+        private_key,
+    } = cert;
     let chain_path = format!("{path}.certificate_chain");
     let pem = certificate_chain
         .as_ref()
@@ -196,22 +218,31 @@ fn identity(
 }
 
 /// The trusted CAs of a validation context, if any.
-fn trusted_roots(v: &Option<CertificateValidationContext>, path: &str) -> Result<Option<RootCertStore>, ConfigError> {
+fn trusted_roots(
+    v: &Option<CertificateValidationContext>,
+    path: &str,
+) -> Result<Option<RootCertStore>, ConfigError> {
     let Some(v) = v else { return Ok(None) };
     let path = format!("{path}.validation_context");
-    let CertificateValidationContext { trusted_ca, match_typed_subject_alt_names } = v;
+    let CertificateValidationContext {
+        trusted_ca,
+        match_typed_subject_alt_names,
+    } = v;
     if !match_typed_subject_alt_names.is_empty() {
         return Err(ConfigError::new(
             format!("{path}.match_typed_subject_alt_names"),
             "subject alt name matching is not supported",
         ));
     }
-    let Some(ca) = trusted_ca else { return Ok(None) };
+    let Some(ca) = trusted_ca else {
+        return Ok(None);
+    };
     let ca_path = format!("{path}.trusted_ca");
     let pem = ca.load(&ca_path)?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| ConfigError::new(&ca_path, format!("invalid PEM certificate: {e}")))?;
+        let cert =
+            cert.map_err(|e| ConfigError::new(&ca_path, format!("invalid PEM certificate: {e}")))?;
         roots
             .add(cert)
             .map_err(|e| ConfigError::new(&ca_path, format!("invalid CA certificate: {e}")))?;
@@ -239,14 +270,29 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// Builds from a `DownstreamTlsContext`; `scope` is the listener's stat scope.
-    pub fn build(ctx: &DownstreamTlsContext, path: &str, store: &Store, scope: &str) -> Result<Self, ConfigError> {
-        let DownstreamTlsContext { common_tls_context, require_client_certificate } = ctx;
+    pub fn build(
+        ctx: &DownstreamTlsContext,
+        path: &str,
+        store: &Store,
+        scope: &str,
+    ) -> Result<Self, ConfigError> {
+        let DownstreamTlsContext {
+            common_tls_context,
+            require_client_certificate,
+        } = ctx;
         let common_path = format!("{path}.common_tls_context");
-        let CommonTlsContext { tls_params, tls_certificates, validation_context, alpn_protocols } =
-            common_tls_context.clone().unwrap_or_default();
+        let CommonTlsContext {
+            tls_params,
+            tls_certificates,
+            validation_context,
+            alpn_protocols,
+        } = common_tls_context.clone().unwrap_or_default();
         let versions = versions(&tls_params, &common_path)?;
         let (chain, key) = identity(&tls_certificates, &common_path)?.ok_or_else(|| {
-            ConfigError::new(format!("{common_path}.tls_certificates"), "a server certificate is required")
+            ConfigError::new(
+                format!("{common_path}.tls_certificates"),
+                "a server certificate is required",
+            )
         })?;
         let provider = provider();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -255,9 +301,18 @@ impl ServerTls {
         let require = require_client_certificate.unwrap_or(false);
         let builder = match trusted_roots(&validation_context, &common_path)? {
             Some(roots) => {
-                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-                let v = if require { v } else { v.allow_unauthenticated() };
-                let v = v.build().map_err(|e| ConfigError::new(&common_path, e.to_string()))?;
+                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                );
+                let v = if require {
+                    v
+                } else {
+                    v.allow_unauthenticated()
+                };
+                let v = v
+                    .build()
+                    .map_err(|e| ConfigError::new(&common_path, e.to_string()))?;
                 builder.with_client_cert_verifier(v)
             }
             None if require => {
@@ -272,12 +327,21 @@ impl ServerTls {
             .with_single_cert(chain, key)
             .map_err(|e| rustls_error(&format!("{common_path}.tls_certificates[0]"), e))?;
         config.alpn_protocols = alpn(&alpn_protocols);
-        Ok(ServerTls { config: Arc::new(config), stats: SslStats::new(store, scope) })
+        Ok(ServerTls {
+            config: Arc::new(config),
+            stats: SslStats::new(store, scope),
+        })
     }
 
     /// Runs the server handshake on an accepted socket, counting the outcome.
-    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        match tokio_rustls::TlsAcceptor::from(self.config.clone()).accept(tcp).await {
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        match tokio_rustls::TlsAcceptor::from(self.config.clone())
+            .accept(tcp)
+            .await
+        {
             Ok(s) => {
                 self.stats.on_handshake(s.get_ref().1);
                 Ok(s)
@@ -309,21 +373,33 @@ impl ClientTls {
         scope: &str,
         default_alpn: &[&str],
     ) -> Result<Self, ConfigError> {
-        let UpstreamTlsContext { common_tls_context, sni } = ctx;
+        let UpstreamTlsContext {
+            common_tls_context,
+            sni,
+        } = ctx;
         let common_path = format!("{path}.common_tls_context");
-        let CommonTlsContext { tls_params, tls_certificates, validation_context, alpn_protocols } =
-            common_tls_context.clone().unwrap_or_default();
+        let CommonTlsContext {
+            tls_params,
+            tls_certificates,
+            validation_context,
+            alpn_protocols,
+        } = common_tls_context.clone().unwrap_or_default();
         let versions = versions(&tls_params, &common_path)?;
         let provider = provider();
         let roots = trusted_roots(&validation_context, &common_path)?;
         let verifier: Arc<dyn ServerCertVerifier> = match roots {
             Some(roots) => {
-                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| ConfigError::new(&common_path, e.to_string()))?;
+                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| ConfigError::new(&common_path, e.to_string()))?;
                 Arc::new(ChainOnly { inner })
             }
-            None => Arc::new(NoVerification { provider: provider.clone() }),
+            None => Arc::new(NoVerification {
+                provider: provider.clone(),
+            }),
         };
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
@@ -346,10 +422,9 @@ impl ClientTls {
             config.enable_sni = false;
             None
         } else {
-            Some(
-                ServerName::try_from(sni.clone())
-                    .map_err(|e| ConfigError::new(format!("{path}.sni"), format!("invalid server name: {e}")))?,
-            )
+            Some(ServerName::try_from(sni.clone()).map_err(|e| {
+                ConfigError::new(format!("{path}.sni"), format!("invalid server name: {e}"))
+            })?)
         };
         Ok(ClientTls {
             config: Arc::new(config),
@@ -359,12 +434,18 @@ impl ClientTls {
     }
 
     /// Runs the client handshake on a connected socket, counting the outcome.
-    pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let name = match &self.sni {
             Some(n) => n.clone(),
             None => ServerName::IpAddress(tcp.peer_addr()?.ip().into()),
         };
-        match tokio_rustls::TlsConnector::from(self.config.clone()).connect(name, tcp).await {
+        match tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+        {
             Ok(s) => {
                 self.stats.on_handshake(s.get_ref().1);
                 Ok(s)
@@ -393,7 +474,13 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -449,7 +536,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -458,10 +550,17 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -241,7 +241,14 @@ fn unknown_pseudo(_: &mut Ctx, r: &Req) -> Vec<Step> {
 }
 
 fn response_protected(_: &mut Ctx, r: &Req) -> Vec<Step> {
-    common_on(r, "sh", hm(&[("x-envoy-r", "1"), ("x-ok", "1"), (":path", "/nope")], &[":status", "x-envoy-upstream-service-time"]))
+    common_on(
+        r,
+        "sh",
+        hm(
+            &[("x-envoy-r", "1"), ("x-ok", "1"), (":path", "/nope")],
+            &[":status", "x-envoy-upstream-service-time"],
+        ),
+    )
 }
 
 fn bad_name(_: &mut Ctx, r: &Req) -> Vec<Step> {
@@ -733,13 +740,15 @@ fn streamed_local_response(_: &mut Ctx, r: &Req) -> Vec<Step> {
             end_of_stream: false,
             ..Default::default()
         })),
-        sir(Sir::TrailersResponse(envoy_types::pb::envoy::config::core::v3::HeaderMap {
-            headers: vec![envoy_types::pb::envoy::config::core::v3::HeaderValue {
-                key: "x-local-trailer".into(),
-                value: String::new(),
-                raw_value: b"done".to_vec(),
-            }],
-        })),
+        sir(Sir::TrailersResponse(
+            envoy_types::pb::envoy::config::core::v3::HeaderMap {
+                headers: vec![envoy_types::pb::envoy::config::core::v3::HeaderValue {
+                    key: "x-local-trailer".into(),
+                    value: String::new(),
+                    raw_value: b"done".to_vec(),
+                }],
+            },
+        )),
     ]
 }
 

@@ -44,7 +44,13 @@ impl TestProxy {
         let stats = server.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        TestProxy { listeners, admin, stats, shutdown, task: Some(task) }
+        TestProxy {
+            listeners,
+            admin,
+            stats,
+            shutdown,
+            task: Some(task),
+        }
     }
 
     /// The bound address of listener `name`.
@@ -77,7 +83,11 @@ impl TestProxy {
     pub async fn wait_stat(&self, name: &str, at_least: i64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.stat(name) < at_least {
-            assert!(tokio::time::Instant::now() < deadline, "{name} = {} (< {at_least})", self.stat(name));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} = {} (< {at_least})",
+                self.stat(name)
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -112,7 +122,11 @@ pub struct Upstreams {
 impl Upstreams {
     /// Starts them all.
     pub async fn start() -> Upstreams {
-        Upstreams { echo: testenv::echo_http_upstream().await, dead_port: dead_port(), blackhole: Blackhole::start().await }
+        Upstreams {
+            echo: testenv::echo_http_upstream().await,
+            dead_port: dead_port(),
+            blackhole: Blackhole::start().await,
+        }
     }
 
     /// `basic.yaml` rendered for these upstreams and `codec`.
@@ -169,7 +183,11 @@ impl Blackhole {
                 });
             }
         });
-        Blackhole { addr, accepted, task }
+        Blackhole {
+            addr,
+            accepted,
+            task,
+        }
     }
 
     /// Connections accepted so far.
@@ -198,12 +216,18 @@ pub struct RawResponse {
 impl RawResponse {
     /// The status code of the first response.
     pub fn status(&self) -> u16 {
-        self.text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.text
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The body of the first response (after the blank line).
     pub fn body(&self) -> &str {
-        self.text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+        self.text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or("")
     }
 
     /// The value of a header of the first response.
@@ -230,7 +254,10 @@ pub async fn raw_http1(addr: SocketAddr, bytes: &[u8], wait: Duration) -> RawRes
             Err(_) => break false,
         }
     };
-    RawResponse { text: String::from_utf8_lossy(&out).into_owned(), closed }
+    RawResponse {
+        text: String::from_utf8_lossy(&out).into_owned(),
+        closed,
+    }
 }
 
 // === Differential observations ===
@@ -268,7 +295,8 @@ pub struct UpstreamView {
 
 /// Replaces UUIDs with `<uuid>`.
 pub fn mask_uuids(s: &str) -> String {
-    let re = regex::Regex::new("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").expect("regex");
+    let re = regex::Regex::new("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+        .expect("regex");
     re.replace_all(s, "<uuid>").into_owned()
 }
 
@@ -295,7 +323,11 @@ fn sorted(headers: &http::HeaderMap) -> Vec<(String, String)> {
 
 /// Builds an [`Observation`] from a response and what the upstream recorded since
 /// `seen_before` requests.
-pub fn observation(resp: &TestResponse, upstream: &EchoHttpUpstream, seen_before: usize) -> Observation {
+pub fn observation(
+    resp: &TestResponse,
+    upstream: &EchoHttpUpstream,
+    seen_before: usize,
+) -> Observation {
     let reqs = upstream.requests();
     let up = reqs.get(seen_before).map(|r| {
         let mut headers: Vec<(String, String)> = r
@@ -304,10 +336,19 @@ pub fn observation(resp: &TestResponse, upstream: &EchoHttpUpstream, seen_before
             .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), normalise_header(k, v))))
             .collect();
         headers.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut trailers: Vec<(String, String)> =
-            r.trailers.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone()))).collect();
+        let mut trailers: Vec<(String, String)> = r
+            .trailers
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
+            .collect();
         trailers.sort();
-        UpstreamView { method: r.method.clone(), path: r.path.clone(), headers, body_len: r.body.len(), trailers }
+        UpstreamView {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            headers,
+            body_len: r.body.len(),
+            trailers,
+        }
     });
     Observation {
         status: resp.status,
@@ -319,9 +360,17 @@ pub fn observation(resp: &TestResponse, upstream: &EchoHttpUpstream, seen_before
 }
 
 /// Sends `req` to `proxy` and observes the result at both ends.
-pub async fn observe(proxy: SocketAddr, upstream: &EchoHttpUpstream, req: &TestRequest, version: HttpVersion) -> Observation {
+pub async fn observe(
+    proxy: SocketAddr,
+    upstream: &EchoHttpUpstream,
+    req: &TestRequest,
+    version: HttpVersion,
+) -> Observation {
     let before = upstream.requests().len();
-    let resp = req.send(proxy, version).await.unwrap_or_else(|e| panic!("{} {}: {e:#}", req.method, req.path));
+    let resp = req
+        .send(proxy, version)
+        .await
+        .unwrap_or_else(|e| panic!("{} {}: {e:#}", req.method, req.path));
     // The echo records a request when its body ended, which precedes its response.
     observation(&resp, upstream, before)
 }
@@ -333,24 +382,47 @@ pub fn assert_same(scenario: &str, envoy: &Observation, extproxy: &Observation) 
     }
     let mut diff = String::new();
     if envoy.status != extproxy.status {
-        diff += &format!("  status: envoy {} extproxy {}\n", envoy.status, extproxy.status);
+        diff += &format!(
+            "  status: envoy {} extproxy {}\n",
+            envoy.status, extproxy.status
+        );
     }
-    list_diff(&mut diff, "response header", &envoy.headers, &extproxy.headers);
+    list_diff(
+        &mut diff,
+        "response header",
+        &envoy.headers,
+        &extproxy.headers,
+    );
     if envoy.body != extproxy.body {
-        diff += &format!("  body:\n    envoy    {:?}\n    extproxy {:?}\n", envoy.body, extproxy.body);
+        diff += &format!(
+            "  body:\n    envoy    {:?}\n    extproxy {:?}\n",
+            envoy.body, extproxy.body
+        );
     }
-    list_diff(&mut diff, "response trailer", &envoy.trailers, &extproxy.trailers);
+    list_diff(
+        &mut diff,
+        "response trailer",
+        &envoy.trailers,
+        &extproxy.trailers,
+    );
     match (&envoy.upstream, &extproxy.upstream) {
         (Some(a), Some(b)) => {
             if a.method != b.method || a.path != b.path || a.body_len != b.body_len {
-                diff += &format!("  upstream request: envoy {} {} ({} B) extproxy {} {} ({} B)\n", a.method, a.path, a.body_len, b.method, b.path, b.body_len);
+                diff += &format!(
+                    "  upstream request: envoy {} {} ({} B) extproxy {} {} ({} B)\n",
+                    a.method, a.path, a.body_len, b.method, b.path, b.body_len
+                );
             }
             list_diff(&mut diff, "upstream header", &a.headers, &b.headers);
             list_diff(&mut diff, "upstream trailer", &a.trailers, &b.trailers);
         }
         (a, b) => {
             if a.is_some() != b.is_some() {
-                diff += &format!("  reached upstream: envoy {} extproxy {}\n", a.is_some(), b.is_some());
+                diff += &format!(
+                    "  reached upstream: envoy {} extproxy {}\n",
+                    a.is_some(),
+                    b.is_some()
+                );
             }
         }
     }
@@ -370,5 +442,9 @@ fn list_diff(out: &mut String, what: &str, a: &[(String, String)], b: &[(String,
 pub fn with_hcm_options(yaml: &str, lines: &[&str]) -> String {
     let indent = "\n          ";
     let extra: String = lines.iter().map(|l| format!("{indent}{l}")).collect();
-    yaml.replacen("stat_prefix: ingress_http", &format!("stat_prefix: ingress_http{extra}"), 1)
+    yaml.replacen(
+        "stat_prefix: ingress_http",
+        &format!("stat_prefix: ingress_http{extra}"),
+        1,
+    )
 }

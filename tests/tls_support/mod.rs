@@ -45,10 +45,16 @@ impl Ca {
     pub fn issue(&self, names: &[&str]) -> Identity {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names.clone()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Identity { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+        Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
     }
 }
 
@@ -82,7 +88,14 @@ impl Pki {
         ] {
             std::fs::write(dir.join(name), text).unwrap();
         }
-        Pki { dir, ca, server, client, other_ca, other_client }
+        Pki {
+            dir,
+            ca,
+            server,
+            client,
+            other_ca,
+            other_client,
+        }
     }
 
     /// The path of a file written by [`Pki::new`].
@@ -92,7 +105,9 @@ impl Pki {
 }
 
 fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().unwrap()
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 fn key(pem: &str) -> PrivateKeyDer<'static> {
@@ -104,7 +119,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A client config trusting `ca_pem`, presenting `identity` if given, offering `alpn`.
-pub fn client_config(ca_pem: &str, identity: Option<&Identity>, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+pub fn client_config(
+    ca_pem: &str,
+    identity: Option<&Identity>,
+    alpn: &[&str],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(ca_pem) {
         roots.add(c).unwrap();
@@ -114,7 +133,9 @@ pub fn client_config(ca_pem: &str, identity: Option<&Identity>, alpn: &[&str]) -
         .unwrap()
         .with_root_certificates(roots);
     let mut cfg = match identity {
-        Some(id) => b.with_client_auth_cert(certs(&id.cert_pem), key(&id.key_pem)).unwrap(),
+        Some(id) => b
+            .with_client_auth_cert(certs(&id.cert_pem), key(&id.key_pem))
+            .unwrap(),
         None => b.with_no_client_auth(),
     };
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -122,22 +143,33 @@ pub fn client_config(ca_pem: &str, identity: Option<&Identity>, alpn: &[&str]) -
 }
 
 /// A server config with `identity`, requiring client certificates from `client_ca` if given.
-pub fn server_config(identity: &Identity, client_ca: Option<&str>, alpn: &[&str]) -> Arc<rustls::ServerConfig> {
-    let b = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
+pub fn server_config(
+    identity: &Identity,
+    client_ca: Option<&str>,
+    alpn: &[&str],
+) -> Arc<rustls::ServerConfig> {
+    let b = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
     let b = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in certs(ca) {
                 roots.add(c).unwrap();
             }
-            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .unwrap();
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .unwrap();
             b.with_client_cert_verifier(v)
         }
         None => b.with_no_client_auth(),
     };
-    let mut cfg = b.with_single_cert(certs(&identity.cert_pem), key(&identity.key_pem)).unwrap();
+    let mut cfg = b
+        .with_single_cert(certs(&identity.cert_pem), key(&identity.key_pem))
+        .unwrap();
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Arc::new(cfg)
 }
@@ -150,7 +182,9 @@ pub async fn tls_connect(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
 }
 
 /// A response as the test client saw it.
@@ -187,7 +221,8 @@ pub async fn https_request(
         .header("host", "localhost")
         .body(Full::new(Bytes::from_static(body.as_bytes())))?;
     let resp = if alpn.as_deref() == Some(b"h2") {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(conn);
         send.send_request(req).await?
     } else {
@@ -195,11 +230,18 @@ pub async fn https_request(
         tokio::spawn(conn);
         let (mut parts, body) = req.into_parts();
         parts.uri = path.parse()?;
-        send.send_request(http::Request::from_parts(parts, body)).await?
+        send.send_request(http::Request::from_parts(parts, body))
+            .await?
     };
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Response { status: parts.status.as_u16(), version: parts.version, headers: parts.headers, body, alpn })
+    Ok(Response {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+        alpn,
+    })
 }
 
 /// What an upstream's handshakes saw.
@@ -248,13 +290,16 @@ impl TlsUpstream {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
                 let (s, serve) = (s.clone(), serve.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     {
                         let conn = tls.get_ref().1;
                         let mut s = s.lock().unwrap();
                         s.sni.push(conn.server_name().map(str::to_string));
                         s.alpn.push(conn.alpn_protocol().map(<[u8]>::to_vec));
-                        s.client_cert.push(conn.peer_certificates().is_some_and(|c| !c.is_empty()));
+                        s.client_cert
+                            .push(conn.peer_certificates().is_some_and(|c| !c.is_empty()));
                     }
                     serve(tls).await;
                 });
@@ -267,17 +312,20 @@ impl TlsUpstream {
     /// request's `x-forwarded-proto`) and `x-seen-version`.
     pub async fn https_echo(cfg: Arc<rustls::ServerConfig>) -> TlsUpstream {
         TlsUpstream::start(cfg, |tls| async move {
-            let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                let proto = req.headers().get("x-forwarded-proto").cloned();
-                let version = format!("{:?}", req.version());
-                let body = req.into_body().collect().await?.to_bytes();
-                let mut resp = http::Response::new(Full::new(body));
-                if let Some(p) = proto {
-                    resp.headers_mut().insert("x-seen-proto", p);
-                }
-                resp.headers_mut().insert("x-seen-version", version.parse().unwrap());
-                Ok::<_, hyper::Error>(resp)
-            });
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let proto = req.headers().get("x-forwarded-proto").cloned();
+                    let version = format!("{:?}", req.version());
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let mut resp = http::Response::new(Full::new(body));
+                    if let Some(p) = proto {
+                        resp.headers_mut().insert("x-seen-proto", p);
+                    }
+                    resp.headers_mut()
+                        .insert("x-seen-version", version.parse().unwrap());
+                    Ok::<_, hyper::Error>(resp)
+                },
+            );
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
@@ -333,7 +381,11 @@ impl TestProxy {
         let stats = server.stats();
         let shutdown = CancellationToken::new();
         tokio::spawn(server.run(shutdown.clone()));
-        TestProxy { listeners, stats, shutdown }
+        TestProxy {
+            listeners,
+            stats,
+            shutdown,
+        }
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {
@@ -349,7 +401,11 @@ impl TestProxy {
         let c = self.stats.counter(name);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while c.value() < at_least {
-            assert!(tokio::time::Instant::now() < deadline, "{name} = {} < {at_least}", c.value());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} = {} < {at_least}",
+                c.value()
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }

@@ -3,14 +3,20 @@
 use super::Pki;
 
 pub const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-pub const DOWNSTREAM: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
-pub const UPSTREAM: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+pub const DOWNSTREAM: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+pub const UPSTREAM: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 pub const H2_OPTIONS: &str = "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}";
 
 /// A listener `ingress` (stat prefix `tls_in`) with `transport` (a `transport_socket` YAML
 /// flow mapping, or empty) in front of `filters` (YAML flow sequence).
 pub fn listener(name: &str, transport: &str, filters: &str) -> String {
-    let ts = if transport.is_empty() { String::new() } else { format!("\n      transport_socket: {transport}") };
+    let ts = if transport.is_empty() {
+        String::new()
+    } else {
+        format!("\n      transport_socket: {transport}")
+    };
     format!(
         "  - name: {name}\n    stat_prefix: {name}\n    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n    filter_chains:\n    - filters: {filters}{ts}\n"
     )
@@ -18,15 +24,27 @@ pub fn listener(name: &str, transport: &str, filters: &str) -> String {
 
 /// A cluster to `port` with an optional `transport_socket` and extra lines.
 pub fn cluster(name: &str, port: u16, transport: &str, extra: &str) -> String {
-    let ts = if transport.is_empty() { String::new() } else { format!("\n    transport_socket: {transport}") };
-    let extra = if extra.is_empty() { String::new() } else { format!("\n    {extra}") };
+    let ts = if transport.is_empty() {
+        String::new()
+    } else {
+        format!("\n    transport_socket: {transport}")
+    };
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!("\n    {extra}")
+    };
     format!(
         "  - name: {name}\n    connect_timeout: 2s\n    load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}{ts}{extra}\n"
     )
 }
 
 pub fn bootstrap(listeners: &[String], clusters: &[String]) -> String {
-    format!("static_resources:\n  listeners:\n{}  clusters:\n{}", listeners.concat(), clusters.concat())
+    format!(
+        "static_resources:\n  listeners:\n{}  clusters:\n{}",
+        listeners.concat(),
+        clusters.concat()
+    )
 }
 
 /// An HCM routing everything to `cluster`, with `http_filters` before the router.
@@ -67,7 +85,6 @@ pub fn upstream_tls(pki: &Pki, sni: &str, ca_file: &str, mtls: bool) -> String {
         pki.file(ca_file)
     )
 }
-
 
 /// Adds a port-0 admin endpoint (needed to run the bootstrap as a process).
 pub fn with_admin(yaml: &str) -> String {

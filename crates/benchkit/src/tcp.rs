@@ -105,7 +105,11 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
                         let _ = stream.shutdown().await;
                         return (written, false);
                     }
-                    let n = if per_conn > 0 { left.min(chunk.len() as u64) as usize } else { chunk.len() };
+                    let n = if per_conn > 0 {
+                        left.min(chunk.len() as u64) as usize
+                    } else {
+                        chunk.len()
+                    };
                     match tokio::time::timeout_at(deadline, stream.write_all(&chunk[..n])).await {
                         Ok(Ok(())) => written += n as u64,
                         Ok(Err(_)) => return (written, true),

@@ -10,7 +10,11 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap, MetadataValue};
 /// side-stream headers: the configured `initial_metadata`, `x-envoy-internal: true` and
 /// `x-forwarded-for: <local address>` (unless `skip_envoy_headers`), and `grpc-timeout` when the
 /// service has a `timeout`.
-pub fn request<T>(messages: T, service: &GrpcService, local: Option<SocketAddr>) -> tonic::Request<T> {
+pub fn request<T>(
+    messages: T,
+    service: &GrpcService,
+    local: Option<SocketAddr>,
+) -> tonic::Request<T> {
     Headers::new(service).request(messages, local)
 }
 
@@ -34,7 +38,10 @@ pub struct Headers {
 impl Headers {
     /// Parses the headers of `service`.
     pub fn new(service: &GrpcService) -> Headers {
-        let skip = service.envoy_grpc.as_ref().is_some_and(|g| g.skip_envoy_headers);
+        let skip = service
+            .envoy_grpc
+            .as_ref()
+            .is_some_and(|g| g.skip_envoy_headers);
         let mut head = MetadataMap::new();
         if !skip {
             head.insert("x-envoy-internal", MetadataValue::from_static("true"));
@@ -44,7 +51,10 @@ impl Headers {
             let key = h.key.to_ascii_lowercase();
             if key.ends_with("-bin") {
                 if let Ok(k) = tonic::metadata::BinaryMetadataKey::from_bytes(key.as_bytes()) {
-                    tail.append_bin(k, tonic::metadata::BinaryMetadataValue::from_bytes(h.bytes()));
+                    tail.append_bin(
+                        k,
+                        tonic::metadata::BinaryMetadataValue::from_bytes(h.bytes()),
+                    );
                 }
             } else if let (Ok(k), Ok(v)) = (
                 tonic::metadata::AsciiMetadataKey::from_bytes(key.as_bytes()),
@@ -109,7 +119,12 @@ mod tests {
         req.metadata()
             .as_ref()
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect()
     }
 
@@ -125,7 +140,13 @@ mod tests {
         assert_eq!(cold, names(&warm));
         assert_eq!(
             cold.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-            ["x-envoy-internal", "x-forwarded-for", "x-a", "x-b-bin", "grpc-timeout"]
+            [
+                "x-envoy-internal",
+                "x-forwarded-for",
+                "x-a",
+                "x-b-bin",
+                "grpc-timeout"
+            ]
         );
         assert_eq!(cold[1].1, "127.0.0.2");
         // A different local address than the cached one.

@@ -59,7 +59,9 @@ pub fn empty_body() -> Body {
 
 /// A body of one buffer.
 pub fn full_body(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A response the proxy generates itself (Envoy's `sendLocalReply`).
@@ -106,7 +108,12 @@ impl std::fmt::Debug for LocalBody {
 impl LocalReply {
     /// A local reply with a status, a body and response-code details.
     pub fn new(status: StatusCode, body: impl Into<Bytes>, details: impl Into<String>) -> Self {
-        LocalReply { status, body: body.into(), details: details.into(), ..Default::default() }
+        LocalReply {
+            status,
+            body: body.into(),
+            details: details.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -127,7 +134,9 @@ pub fn build_per_filter_config(
 ) -> Result<PerFilterConfig, crate::config::ConfigError> {
     let ty = crate::config::any_type(any, path)?;
     match ty.as_str() {
-        ext_proc::PER_ROUTE_TYPE => Ok(PerFilterConfig::ExtProc(ext_proc::build_per_route(any, path)?)),
+        ext_proc::PER_ROUTE_TYPE => Ok(PerFilterConfig::ExtProc(ext_proc::build_per_route(
+            any, path,
+        )?)),
         other => Err(crate::config::ConfigError::new(
             path,
             format!("unsupported typed_per_filter_config {other} for {filter_name}"),
@@ -151,8 +160,14 @@ pub struct RouteInfo {
 
 impl RouteInfo {
     /// The per-route configs for the filter named `name`, least specific first.
-    pub fn per_filter_config<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a PerFilterConfig> + 'a {
-        self.per_filter.iter().filter(move |(n, _)| n == name).map(|(_, c)| c)
+    pub fn per_filter_config<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a PerFilterConfig> + 'a {
+        self.per_filter
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, c)| c)
     }
 }
 
@@ -194,7 +209,11 @@ impl StreamAbort {
 
     /// The requested abort, if any.
     pub fn get(&self) -> Option<Abort> {
-        self.inner.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until an abort is requested.
@@ -267,7 +286,9 @@ impl HttpFilter {
     /// A filter instance for one request (Envoy creates one per stream too).
     pub fn new_stream(&self) -> StreamFilter {
         match self {
-            HttpFilter::ExtProc(f) => StreamFilter::ExtProc(Box::new(ext_proc::StreamFilter::new(f.clone()))),
+            HttpFilter::ExtProc(f) => {
+                StreamFilter::ExtProc(Box::new(ext_proc::StreamFilter::new(f.clone())))
+            }
             HttpFilter::Router(_) => StreamFilter::Router,
         }
     }

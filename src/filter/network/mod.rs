@@ -52,9 +52,17 @@ pub struct FilterChain {
 
 impl FilterChain {
     /// Builds and validates a chain; errors name the offending filter's path.
-    pub fn build(chain: &cfg::FilterChain, path: &str, ctx: &BuildContext<'_>) -> Result<Self, ConfigError> {
+    pub fn build(
+        chain: &cfg::FilterChain,
+        path: &str,
+        ctx: &BuildContext<'_>,
+    ) -> Result<Self, ConfigError> {
         // The transport socket is the listener's business (`listener::Listener::bind`).
-        let cfg::FilterChain { name: _, filters, transport_socket: _ } = chain;
+        let cfg::FilterChain {
+            name: _,
+            filters,
+            transport_socket: _,
+        } = chain;
         let mut ext_procs = Vec::new();
         let mut connection_limits = Vec::new();
         let mut terminal = None;
@@ -67,7 +75,10 @@ impl FilterChain {
                 ));
             }
             let any = f.typed_config.as_ref().ok_or_else(|| {
-                ConfigError::new(format!("{fpath}.typed_config"), format!("typed_config is required for {}", f.name))
+                ConfigError::new(
+                    format!("{fpath}.typed_config"),
+                    format!("typed_config is required for {}", f.name),
+                )
             })?;
             let tpath = format!("{fpath}.typed_config");
             let ty = cfg::any_type(any, &tpath)?;
@@ -77,7 +88,10 @@ impl FilterChain {
                 } else {
                     Err(ConfigError::new(
                         format!("{tpath}.@type"),
-                        format!("{} expects @type type.googleapis.com/{want}, got {ty}", f.name),
+                        format!(
+                            "{} expects @type type.googleapis.com/{want}, got {ty}",
+                            f.name
+                        ),
                     ))
                 }
             };
@@ -102,12 +116,20 @@ impl FilterChain {
                             "envoy.filters.network.ext_proc before http_connection_manager is not supported",
                         ));
                     }
-                    terminal = Some(Terminal::HttpConnectionManager(http_connection_manager::build(any, &tpath, ctx)?));
+                    terminal = Some(Terminal::HttpConnectionManager(
+                        http_connection_manager::build(any, &tpath, ctx)?,
+                    ));
                 }
                 other => {
                     return Err(ConfigError::new(
                         format!("{fpath}.name"),
-                        format!("unsupported network filter {other} (supported: {}, {}, {}, {})", connection_limit::NAME, ext_proc::NAME, tcp_proxy::NAME, http_connection_manager::NAME),
+                        format!(
+                            "unsupported network filter {other} (supported: {}, {}, {}, {})",
+                            connection_limit::NAME,
+                            ext_proc::NAME,
+                            tcp_proxy::NAME,
+                            http_connection_manager::NAME
+                        ),
                     ))
                 }
             }
@@ -118,7 +140,11 @@ impl FilterChain {
                 "the filter chain must end with envoy.filters.network.tcp_proxy or envoy.filters.network.http_connection_manager",
             )
         })?;
-        Ok(FilterChain { connection_limits, ext_proc: ext_procs, terminal })
+        Ok(FilterChain {
+            connection_limits,
+            ext_proc: ext_procs,
+            terminal,
+        })
     }
 
     /// Runs the chain on one accepted connection until it is done.

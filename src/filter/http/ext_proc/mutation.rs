@@ -6,8 +6,8 @@ use super::config::MutationRulesConfig;
 use super::stats::Stats;
 use crate::config::ConfigError;
 use crate::filter::common::string_matcher::ListStringMatcher;
-use envoy_types::pb::envoy::config::core::v3 as core;
 use crate::pb::ext_proc::HeaderMutation;
+use envoy_types::pb::envoy::config::core::v3 as core;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{HeaderMap, Method, StatusCode, Uri};
 
@@ -453,7 +453,9 @@ pub fn apply(
         }
         if pseudo {
             let ok = match &mut target {
-                Target::Head(head) if pseudo_applies(head, &name) => apply_pseudo(head, &name, value, cx),
+                Target::Head(head) if pseudo_applies(head, &name) => {
+                    apply_pseudo(head, &name, value, cx)
+                }
                 Target::Head(_) | Target::Trailers(_) => true,
             };
             if !ok {
@@ -707,14 +709,38 @@ mod tests {
         // (Envoy stores it where nothing forwards it; extproxy drops it).
         let stats = Stats::detached();
         let mut h = req();
-        let m = HeaderMutation { set_headers: vec![opt(":foo", b"x", None, 0), opt("x-ok", b"1", None, 0)], remove_headers: vec![] };
-        apply(Target::Head(&mut h), &m, &Checker::default(), Context::default(), &stats).unwrap();
+        let m = HeaderMutation {
+            set_headers: vec![opt(":foo", b"x", None, 0), opt("x-ok", b"1", None, 0)],
+            remove_headers: vec![],
+        };
+        apply(
+            Target::Head(&mut h),
+            &m,
+            &Checker::default(),
+            Context::default(),
+            &stats,
+        )
+        .unwrap();
         let Head::Request(p) = &h else { unreachable!() };
         assert_eq!(p.headers["x-ok"], "1");
-        let (rp, _) = http::Response::builder().status(200).body(()).unwrap().into_parts();
+        let (rp, _) = http::Response::builder()
+            .status(200)
+            .body(())
+            .unwrap()
+            .into_parts();
         let mut r = Head::Response(rp);
-        let m = HeaderMutation { set_headers: vec![opt(":path", b"/nope", None, 0)], remove_headers: vec![] };
-        apply(Target::Head(&mut r), &m, &Checker::default(), Context::default(), &stats).unwrap();
+        let m = HeaderMutation {
+            set_headers: vec![opt(":path", b"/nope", None, 0)],
+            remove_headers: vec![],
+        };
+        apply(
+            Target::Head(&mut r),
+            &m,
+            &Checker::default(),
+            Context::default(),
+            &stats,
+        )
+        .unwrap();
         assert_eq!(stats.rejected_header_mutations.value(), 0);
     }
 

@@ -4,7 +4,6 @@
 use super::*;
 
 impl Core {
-
     /// Headers of a direction arrived (`eos`: no body and no trailers follow).
     pub fn on_headers(&mut self, d: Dir, mut head: Head, eos: bool) {
         {

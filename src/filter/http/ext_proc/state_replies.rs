@@ -150,7 +150,8 @@ impl Core {
                         trailers.append(k, v);
                     }
                 }
-                self.out.push_back(Action::Trailers(Dir::Response, trailers));
+                self.out
+                    .push_back(Action::Trailers(Dir::Response, trailers));
                 true
             }
             None => return Err(Failure::Spurious("unhandled message")),
@@ -555,12 +556,15 @@ impl Core {
 fn proto_headers(
     map: Option<envoy_types::pb::envoy::config::core::v3::HeaderMap>,
 ) -> impl Iterator<Item = (String, Vec<u8>)> {
-    map.map(|m| m.headers).unwrap_or_default().into_iter().map(|hv| {
-        let value = if hv.raw_value.is_empty() {
-            hv.value.into_bytes()
-        } else {
-            hv.raw_value
-        };
-        (hv.key.to_ascii_lowercase(), value)
-    })
+    map.map(|m| m.headers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|hv| {
+            let value = if hv.raw_value.is_empty() {
+                hv.value.into_bytes()
+            } else {
+                hv.raw_value
+            };
+            (hv.key.to_ascii_lowercase(), value)
+        })
 }

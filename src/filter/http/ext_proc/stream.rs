@@ -6,10 +6,10 @@
 use super::mutation::Head;
 use super::state::{Action, Core, Dir};
 use crate::filter::http::{Abort, Body, BoxError, LocalBody, LocalReply, StreamAbort};
-use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3 as core;
 use crate::pb::ext_proc::external_processor_client::ExternalProcessorClient;
 use crate::pb::ext_proc::{ProcessingRequest, ProcessingResponse};
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::google::protobuf::Struct;
 use http::HeaderMap;
 use http_body::{Body as _, Frame};

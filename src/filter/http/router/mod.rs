@@ -33,7 +33,13 @@ pub const NAME: &str = "envoy.filters.http.router";
 pub const TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 
 /// Response headers that describe one hop only (never forwarded).
-pub const HOP_BY_HOP: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
+pub const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// `envoy.extensions.filters.http.router.v3.Router` (the accepted subset).
 #[derive(Debug, Default, Deserialize)]
@@ -66,19 +72,30 @@ pub struct Router {
 }
 
 /// Builds the router; `any` is its `typed_config` (optional in Envoy).
-pub fn build(any: Option<&RawAny>, path: &str, ctx: &BuildContext<'_>) -> Result<Arc<Router>, ConfigError> {
+pub fn build(
+    any: Option<&RawAny>,
+    path: &str,
+    ctx: &BuildContext<'_>,
+) -> Result<Arc<Router>, ConfigError> {
     let config: RouterConfig = match any {
         Some(any) => cfg::decode_any(any, path)?,
         None => RouterConfig::default(),
     };
-    let RouterConfig { dynamic_stats: _, start_child_span: _, suppress_envoy_headers } = config;
+    let RouterConfig {
+        dynamic_stats: _,
+        start_child_span: _,
+        suppress_envoy_headers,
+    } = config;
     let mut pools = HashMap::new();
     for name in ctx.clusters.names() {
         if let Some(c) = ctx.clusters.get(name) {
             pools.insert(name.to_string(), Arc::new(Pool::new(c, ctx.stats)));
         }
     }
-    let c = |s: &str| ctx.stats.counter(&format!("http.{}.{s}", ctx.hcm_stat_prefix));
+    let c = |s: &str| {
+        ctx.stats
+            .counter(&format!("http.{}.{s}", ctx.hcm_stat_prefix))
+    };
     Ok(Arc::new(Router {
         suppress_envoy_headers,
         pools,
@@ -100,7 +117,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().to_ascii_lowercase().as_bytes()).ok())
         .filter(|n| n != http::header::TE)
         .collect();
-    retain_headers(headers, |n| !HOP_BY_HOP.contains(&n.as_str()) && !nominated.contains(n));
+    retain_headers(headers, |n| {
+        !HOP_BY_HOP.contains(&n.as_str()) && !nominated.contains(n)
+    });
 }
 
 /// Keeps the headers whose name passes `keep`, preserving the order of the rest
@@ -127,10 +146,18 @@ pub fn retain_headers(headers: &mut HeaderMap, mut keep: impl FnMut(&HeaderName)
 impl Router {
     /// Forwards `req` (absolute URI, no `host` header) along `route`; `None` means no route
     /// matched (404).
-    pub async fn forward(&self, req: Request<Body>, route: Option<&RouteEntry>) -> Result<Response<Body>, LocalReply> {
+    pub async fn forward(
+        &self,
+        req: Request<Body>,
+        route: Option<&RouteEntry>,
+    ) -> Result<Response<Body>, LocalReply> {
         let Some(route) = route else {
             self.no_route.inc();
-            return Err(LocalReply::new(StatusCode::NOT_FOUND, Bytes::new(), "route_not_found"));
+            return Err(LocalReply::new(
+                StatusCode::NOT_FOUND,
+                Bytes::new(),
+                "route_not_found",
+            ));
         };
         let host_rewrite = match &route.action {
             Action::Direct { status, body } => {
@@ -141,14 +168,25 @@ impl Router {
         };
         let Some(pool) = self.pools.get(&route.info.cluster) else {
             self.no_cluster.inc();
-            return Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), "cluster_not_found"));
+            return Err(LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::new(),
+                "cluster_not_found",
+            ));
         };
         self.rq_total.inc();
         let (mut parts, body) = req.into_parts();
         let timeout = self.finalize_request(&mut parts, route, host_rewrite.as_ref());
         let (end_tx, end_rx) = oneshot::channel();
-        let body = EndSignal { inner: body, end: Some(end_tx) };
-        let body = if body.inner.is_end_stream() { body.fire().boxed_unsync() } else { body.boxed_unsync() };
+        let body = EndSignal {
+            inner: body,
+            end: Some(end_tx),
+        };
+        let body = if body.inner.is_end_stream() {
+            body.fire().boxed_unsync()
+        } else {
+            body.boxed_unsync()
+        };
         let req = to_upstream(parts, body, pool.protocol());
         // The route timeout runs from the end of the request to the end of the response.
         let mut deadline: pool::Deadline = timeout.map(|t| {
@@ -175,7 +213,11 @@ impl Router {
             Ok(r) => r,
             Err(UpstreamError::NoHealthyUpstream) => {
                 pool.stats.response(503);
-                return Err(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "no_healthy_upstream"));
+                return Err(LocalReply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy upstream",
+                    "no_healthy_upstream",
+                ));
             }
             Err(UpstreamError::Overflow(_)) => {
                 // A circuit breaker: Envoy's overflow reply, marked as dropped (`x-envoy-overloaded`).
@@ -186,7 +228,9 @@ impl Router {
                     "upstream_reset_before_response_started{overflow}",
                 );
                 if !self.suppress_envoy_headers {
-                    reply.headers.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+                    reply
+                        .headers
+                        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
                 }
                 return Err(reply);
             }
@@ -204,7 +248,10 @@ impl Router {
         strip_hop_by_hop(&mut parts.headers);
         parts.version = http::Version::HTTP_11;
         if !self.suppress_envoy_headers {
-            parts.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(started.elapsed().as_millis() as u64));
+            parts.headers.insert(
+                "x-envoy-upstream-service-time",
+                HeaderValue::from(started.elapsed().as_millis() as u64),
+            );
         }
         route.apply_response_headers(&mut parts.headers);
         let body = pool::UpstreamBody::new(body, checkout, deadline, pool.stats.timeout.clone());
@@ -212,7 +259,12 @@ impl Router {
     }
 
     /// Applies the route to the request head; returns the upstream timeout.
-    fn finalize_request(&self, parts: &mut http::request::Parts, route: &RouteEntry, host_rewrite: Option<&HeaderValue>) -> Option<Duration> {
+    fn finalize_request(
+        &self,
+        parts: &mut http::request::Parts,
+        route: &RouteEntry,
+        host_rewrite: Option<&HeaderValue>,
+    ) -> Option<Duration> {
         let headers = &mut parts.headers;
         let mut timeout = route.info.timeout;
         if let Some(v) = headers.remove("x-envoy-upstream-rq-timeout-ms") {
@@ -223,11 +275,19 @@ impl Router {
         headers.remove("x-envoy-upstream-rq-per-try-timeout-ms");
         if !self.suppress_envoy_headers {
             if let Some(t) = timeout {
-                headers.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(t.as_millis() as u64));
+                headers.insert(
+                    "x-envoy-expected-rq-timeout-ms",
+                    HeaderValue::from(t.as_millis() as u64),
+                );
             }
         }
         route.apply_request_headers(headers);
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
         let new_path = route.rewrite_path(&path);
         let authority = host_rewrite
             .and_then(|h| h.to_str().ok())
@@ -238,7 +298,10 @@ impl Router {
             if let Some(a) = &authority {
                 b = b.authority(a.as_str());
             }
-            if let Ok(uri) = b.path_and_query(new_path.as_deref().unwrap_or(&path)).build() {
+            if let Ok(uri) = b
+                .path_and_query(new_path.as_deref().unwrap_or(&path))
+                .build()
+            {
                 parts.uri = uri;
                 if new_path.is_some() && !self.suppress_envoy_headers {
                     if let Ok(v) = HeaderValue::from_str(&path) {
@@ -253,11 +316,23 @@ impl Router {
 
 /// Puts the request in the form the upstream codec wants: origin-form URI with `host` first
 /// for HTTP/1.1; absolute URI (`:authority`) for HTTP/2.
-fn to_upstream(mut parts: http::request::Parts, body: Body, protocol: UpstreamProtocol) -> Request<Body> {
+fn to_upstream(
+    mut parts: http::request::Parts,
+    body: Body,
+    protocol: UpstreamProtocol,
+) -> Request<Body> {
     match protocol {
         UpstreamProtocol::Http1 => {
-            let authority = parts.uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
-            let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let authority = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .unwrap_or_default();
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
             if let Ok(uri) = pq.parse() {
                 parts.uri = uri;
             }
@@ -278,7 +353,10 @@ fn to_upstream(mut parts: http::request::Parts, body: Body, protocol: UpstreamPr
             }
             // hyper sends no body for GET/HEAD without framing headers; Envoy streams it.
             if !body.is_end_stream() && !headers.contains_key(http::header::CONTENT_LENGTH) {
-                headers.insert(http::header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                headers.insert(
+                    http::header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
             }
             parts.headers = headers;
         }
@@ -309,7 +387,10 @@ impl http_body::Body for EndSignal {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_frame(cx);
         let ended = match &res {

@@ -96,7 +96,13 @@ impl UpstreamStats {
         let scope = format!("cluster.{cluster}");
         let c = |s: &str| store.counter(&format!("{scope}.{s}"));
         UpstreamStats {
-            classes: [c("upstream_rq_1xx"), c("upstream_rq_2xx"), c("upstream_rq_3xx"), c("upstream_rq_4xx"), c("upstream_rq_5xx")],
+            classes: [
+                c("upstream_rq_1xx"),
+                c("upstream_rq_2xx"),
+                c("upstream_rq_3xx"),
+                c("upstream_rq_4xx"),
+                c("upstream_rq_5xx"),
+            ],
             completed: c("upstream_rq_completed"),
             timeout: c("upstream_rq_timeout"),
             pending_total: c("upstream_rq_pending_total"),
@@ -112,7 +118,11 @@ impl UpstreamStats {
             c.inc();
         }
         if let Some(slot) = self.codes.get(usize::from(code)) {
-            slot.get_or_init(|| self.store.counter(&format!("{}.upstream_rq_{code}", self.scope))).inc();
+            slot.get_or_init(|| {
+                self.store
+                    .counter(&format!("{}.upstream_rq_{code}", self.scope))
+            })
+            .inc();
         }
         self.completed.inc();
     }
@@ -235,7 +245,11 @@ impl Pool {
                     }
                     match sender.try_send_request(req).await {
                         Ok(resp) => {
-                            let checkout = Checkout { sender: Some(sender), pool: self.clone(), _request: request };
+                            let checkout = Checkout {
+                                sender: Some(sender),
+                                pool: self.clone(),
+                                _request: request,
+                            };
                             return Ok((resp, Some(checkout)));
                         }
                         Err(mut e) => match e.take_message() {
@@ -270,9 +284,22 @@ impl Pool {
                 drop(pending);
                 let request = breakers.request()?;
                 self.cluster.stats.upstream_rq_total.inc();
-                sender.ready().await.map_err(|e| UpstreamError::from_hyper(&e))?;
-                let resp = sender.send_request(req).await.map_err(|e| UpstreamError::from_hyper(&e))?;
-                Ok((resp, Some(Checkout { sender: None, pool: self.clone(), _request: request })))
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| UpstreamError::from_hyper(&e))?;
+                let resp = sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| UpstreamError::from_hyper(&e))?;
+                Ok((
+                    resp,
+                    Some(Checkout {
+                        sender: None,
+                        pool: self.clone(),
+                        _request: request,
+                    }),
+                ))
             }
         }
     }
@@ -298,7 +325,9 @@ impl Pool {
 
     /// An idle HTTP/1.1 connection that is still usable.
     async fn pop_idle(&self) -> Option<http1::SendRequest<Body>> {
-        let Kind::Http1(idle) = &self.kind else { return None };
+        let Kind::Http1(idle) = &self.kind else {
+            return None;
+        };
         loop {
             let mut s = idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if !s.is_closed() && s.ready().await.is_ok() {
@@ -336,7 +365,11 @@ impl Pool {
             Some(g) => g,
             None => {
                 if count {
-                    self.cluster.circuit_breakers.stats.upstream_cx_overflow.inc();
+                    self.cluster
+                        .circuit_breakers
+                        .stats
+                        .upstream_cx_overflow
+                        .inc();
                 }
                 if self.connections.load(Ordering::Acquire) > 0 {
                     return None;
@@ -345,10 +378,17 @@ impl Pool {
             }
         };
         self.connections.fetch_add(1, Ordering::AcqRel);
-        Some(ConnectionSlot { _cx: guard, connections: self.connections.clone(), available: self.available.clone() })
+        Some(ConnectionSlot {
+            _cx: guard,
+            connections: self.connections.clone(),
+            available: self.available.clone(),
+        })
     }
 
-    async fn connect_http1(&self, slot: ConnectionSlot) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    async fn connect_http1(
+        &self,
+        slot: ConnectionSlot,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let io = self.connect().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
@@ -371,7 +411,11 @@ impl Pool {
         let io = self.connect().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .initial_stream_window_size(u32::try_from(self.cluster.buffer_limit).unwrap_or(u32::MAX).max(65_535))
+            .initial_stream_window_size(
+                u32::try_from(self.cluster.buffer_limit)
+                    .unwrap_or(u32::MAX)
+                    .max(65_535),
+            )
             .handshake(io)
             .await
             .map_err(|e| UpstreamError::from_hyper(&e))?;
@@ -388,7 +432,11 @@ impl Pool {
 impl Checkout {
     /// Returns the connection to the pool (called when the response body ended cleanly).
     fn release(self) {
-        let Checkout { sender, pool, _request } = self;
+        let Checkout {
+            sender,
+            pool,
+            _request,
+        } = self;
         if let Some(sender) = sender {
             pool.make_idle(sender);
         }
@@ -415,7 +463,12 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl UpstreamBody {
     /// Wraps an upstream response body.
-    pub fn new(inner: Incoming, checkout: Option<Checkout>, deadline: Deadline, timeout_stat: Counter) -> Self {
+    pub fn new(
+        inner: Incoming,
+        checkout: Option<Checkout>,
+        deadline: Deadline,
+        timeout_stat: Counter,
+    ) -> Self {
         let mut checkout = checkout;
         // An empty body may never be polled: the connection is free as soon as the head is in.
         if http_body::Body::is_end_stream(&inner) {
@@ -423,7 +476,12 @@ impl UpstreamBody {
                 c.release();
             }
         }
-        UpstreamBody { inner, checkout, deadline, timeout_stat: Some(timeout_stat) }
+        UpstreamBody {
+            inner,
+            checkout,
+            deadline,
+            timeout_stat: Some(timeout_stat),
+        }
     }
 }
 
@@ -436,7 +494,10 @@ impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some(d) = this.deadline.as_mut() {
             if d.as_mut().poll(cx).is_ready() {

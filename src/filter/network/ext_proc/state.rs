@@ -28,13 +28,9 @@ use super::config::Settings;
 use super::stats::Stats;
 use crate::filter::common::attributes::{self, ConnectionInfo};
 use crate::filter::common::metadata::DynamicMetadata;
+use crate::pb::network_ext_proc::processing_response::{ConnectionStatus, DataProcessedStatus};
+use crate::pb::network_ext_proc::{Data, ProcessingRequest, ProcessingResponse};
 use bytes::Bytes;
-use crate::pb::network_ext_proc::processing_response::{
-    ConnectionStatus, DataProcessedStatus,
-};
-use crate::pb::network_ext_proc::{
-    Data, ProcessingRequest, ProcessingResponse,
-};
 use envoy_types::pb::google::protobuf::value::Kind;
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -6,9 +6,7 @@ use super::state::StreamEnd;
 use crate::config::core::GrpcService;
 use crate::filter::common::side_stream;
 use crate::pb::network_ext_proc::network_external_processor_client::NetworkExternalProcessorClient;
-use crate::pb::network_ext_proc::{
-    ProcessingRequest, ProcessingResponse,
-};
+use crate::pb::network_ext_proc::{ProcessingRequest, ProcessingResponse};
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;

@@ -8,13 +8,13 @@ use super::stream::{self, ConnShared, OpenStreams};
 use super::Filter;
 use crate::filter::http::ConnectionInfo;
 use crate::stats::GaugeGuard;
+use crate::transport_socket::Stream;
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use crate::transport_socket::Stream;
 use tokio_util::sync::CancellationToken;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -49,7 +49,9 @@ async fn sniff(stream: &mut Stream) -> io::Result<Option<(bool, Bytes)>> {
 /// `idle` (Envoy disables the idle timer when the codec opens a stream on a message's first
 /// byte).
 async fn idle_watch(streams: Arc<OpenStreams>, idle: Option<Duration>) {
-    let Some(idle) = idle else { return std::future::pending().await };
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
     loop {
         let changed = streams.changed.notified();
         tokio::pin!(changed);
@@ -101,7 +103,14 @@ macro_rules! drive {
 
 /// Serves one connection until it closes.
 pub(super) async fn serve(conn: crate::listener::Connection, f: Arc<Filter>) {
-    let crate::listener::Connection { mut stream, id, peer, local, buffer_limit: _, shutdown } = conn;
+    let crate::listener::Connection {
+        mut stream,
+        id,
+        peer,
+        local,
+        buffer_limit: _,
+        shutdown,
+    } = conn;
     f.stats.downstream_cx_total.inc();
     let _active = GaugeGuard::new(&f.stats.downstream_cx_active);
     // Over TLS, AUTO follows ALPN when the client negotiated a protocol (as Envoy does).
@@ -125,17 +134,43 @@ pub(super) async fn serve(conn: crate::listener::Connection, f: Arc<Filter>) {
         }
     };
     if let Some((is_h2, prefix)) = detected {
-        run(stream, prefix, is_h2, ConnectionInfo { id, peer, local }, &f, &shutdown).await;
+        run(
+            stream,
+            prefix,
+            is_h2,
+            ConnectionInfo { id, peer, local },
+            &f,
+            &shutdown,
+        )
+        .await;
     }
     f.stats.downstream_cx_destroy.inc();
 }
 
-async fn run(stream: Stream, prefix: Bytes, is_h2: bool, info: ConnectionInfo, f: &Arc<Filter>, shutdown: &CancellationToken) {
+async fn run(
+    stream: Stream,
+    prefix: Bytes,
+    is_h2: bool,
+    info: ConnectionInfo,
+    f: &Arc<Filter>,
+    shutdown: &CancellationToken,
+) {
     let streams = Arc::new(OpenStreams::default());
     let tls = matches!(stream, Stream::Tls(_));
-    let shared = Arc::new(ConnShared { filter: f.clone(), info, is_h2, tls, streams: streams.clone() });
+    let shared = Arc::new(ConnShared {
+        filter: f.clone(),
+        info,
+        is_h2,
+        tls,
+        streams: streams.clone(),
+    });
     let svc = hyper::service::service_fn(move |req| stream::handle(req, shared.clone()));
-    let io = TokioIo::new(ConnIo::new(stream, prefix, f, (!is_h2).then(|| streams.clone())));
+    let io = TokioIo::new(ConnIo::new(
+        stream,
+        prefix,
+        f,
+        (!is_h2).then(|| streams.clone()),
+    ));
     if is_h2 {
         f.stats.downstream_cx_http2_total.inc();
         let _active = GaugeGuard::new(&f.stats.downstream_cx_http2_active);

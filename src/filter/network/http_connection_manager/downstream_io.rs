@@ -9,6 +9,7 @@ use super::http1_guard::{Guard, HeadTimeout, Limits, Reject};
 use super::stream::OpenStreams;
 use super::Filter;
 use crate::stats::Counter;
+use crate::transport_socket::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
 use std::io;
@@ -17,7 +18,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use crate::transport_socket::Stream;
 use tokio::time::{Instant, Sleep};
 
 /// Bytes read from the socket at a time on HTTP/1.1, at first and after a short read.

@@ -29,8 +29,11 @@ const ENVOY_INTERNAL_HEADERS: [&str; 16] = [
 ];
 
 /// Removed from edge requests (`use_remote_address`) only.
-const ENVOY_EDGE_HEADERS: [&str; 3] =
-    ["x-envoy-decorator-operation", "x-envoy-downstream-service-cluster", "x-envoy-downstream-service-node"];
+const ENVOY_EDGE_HEADERS: [&str; 3] = [
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+];
 
 /// The request settings of the HCM that shape headers.
 #[derive(Debug, Clone)]
@@ -55,12 +58,16 @@ pub struct RequestHeaderPolicy {
 /// `trailers`.
 pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
     crate::filter::http::router::strip_hop_by_hop(headers);
-    let te_trailers = headers
-        .get_all(http::header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = headers.get_all(http::header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     crate::filter::http::router::retain_headers(headers, |n| {
-        n != http::header::EXPECT && n != http::header::HOST && (te_trailers || n != http::header::TE)
+        n != http::header::EXPECT
+            && n != http::header::HOST
+            && (te_trailers || n != http::header::TE)
     });
     if te_trailers {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
@@ -92,7 +99,12 @@ fn local_address() -> IpAddr {
 /// Envoy's `mutateRequestHeaders`: `x-forwarded-for`, `x-forwarded-proto`, internal-header
 /// cleaning, `x-envoy-external-address` and `x-request-id`, in Envoy's order. `scheme` is the
 /// downstream connection's (`https` over TLS).
-pub fn mutate_request_headers(headers: &mut HeaderMap, policy: &RequestHeaderPolicy, peer: SocketAddr, scheme: &'static str) {
+pub fn mutate_request_headers(
+    headers: &mut HeaderMap,
+    policy: &RequestHeaderPolicy,
+    peer: SocketAddr,
+    scheme: &'static str,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let mut remote = None;
     if policy.use_remote_address {
@@ -103,7 +115,11 @@ pub fn mutate_request_headers(headers: &mut HeaderMap, policy: &RequestHeaderPol
             remote = Some(peer.ip());
         }
         if !policy.skip_xff_append {
-            let ip = if peer.ip().is_loopback() { local_address() } else { peer.ip() };
+            let ip = if peer.ip().is_loopback() {
+                local_address()
+            } else {
+                peer.ip()
+            };
             append_xff(headers, &xff, ip);
         }
         if policy.xff_num_trusted_hops == 0 || !headers.contains_key("x-forwarded-proto") {
@@ -128,7 +144,8 @@ pub fn mutate_request_headers(headers: &mut HeaderMap, policy: &RequestHeaderPol
         }
     }
     if policy.generate_request_id {
-        let keep = headers.contains_key("x-request-id") && (!edge || policy.preserve_external_request_id);
+        let keep =
+            headers.contains_key("x-request-id") && (!edge || policy.preserve_external_request_id);
         if !keep {
             headers.insert("x-request-id", request_id());
         }
@@ -174,7 +191,10 @@ fn nth_last_xff(headers: &HeaderMap, n: usize) -> Option<IpAddr> {
 
 /// Formats a time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
 pub fn http_date(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
@@ -189,7 +209,9 @@ pub fn http_date(t: std::time::SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let wd = WEEKDAYS[days.rem_euclid(7) as usize];
     let mon = MONTHS[(month - 1) as usize];
     format!("{wd}, {day:02} {mon} {year} {h:02}:{m:02}:{s:02} GMT")
@@ -202,7 +224,10 @@ pub fn date_header() -> HeaderValue {
             const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
     let now = std::time::SystemTime::now();
-    let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
@@ -245,7 +270,12 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static("abc"));
         h.insert("x-envoy-retry-on", HeaderValue::from_static("5xx"));
         h.insert("x-envoy-internal", HeaderValue::from_static("true"));
-        mutate_request_headers(&mut h, &policy(false), "10.1.1.1:5".parse().unwrap(), "http");
+        mutate_request_headers(
+            &mut h,
+            &policy(false),
+            "10.1.1.1:5".parse().unwrap(),
+            "http",
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4");
         assert_eq!(h["x-request-id"], "abc");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -12,12 +12,12 @@ use http::{HeaderValue, Response, StatusCode};
 /// Envoy's `Grpc::Utility::httpToGrpcStatus`.
 pub fn http_to_grpc_status(status: StatusCode) -> u32 {
     match status.as_u16() {
-        400 => 13, // INTERNAL
-        401 => 16, // UNAUTHENTICATED
-        403 => 7,  // PERMISSION_DENIED
-        404 => 12, // UNIMPLEMENTED
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
         429 | 502 | 503 | 504 => 14, // UNAVAILABLE
-        _ => 2,    // UNKNOWN
+        _ => 2,                      // UNKNOWN
     }
 }
 
@@ -37,7 +37,14 @@ pub fn grpc_percent_encode(text: &[u8]) -> String {
 /// Builds the response for a local reply. `route` is the route selected for the request, whose
 /// `response_headers_to_add` apply to local replies too.
 pub fn render(reply: LocalReply, route: Option<&RouteEntry>, is_grpc: bool) -> Response<Body> {
-    let LocalReply { status, headers: extra, body, details: _, grpc_status, stream } = reply;
+    let LocalReply {
+        status,
+        headers: extra,
+        body,
+        details: _,
+        grpc_status,
+        stream,
+    } = reply;
     let mut resp = Response::new(empty_body());
     let headers = resp.headers_mut();
     if let Some(r) = route {
@@ -86,7 +93,11 @@ mod tests {
 
     #[tokio::test]
     async fn plain_reply_gets_text_plain_and_length() {
-        let resp = render(LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "x"), None, false);
+        let resp = render(
+            LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "x"),
+            None,
+            false,
+        );
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers()["content-type"], "text/plain");
         assert_eq!(resp.headers()["content-length"], "19");
@@ -96,22 +107,34 @@ mod tests {
 
     #[test]
     fn grpc_reply_is_trailers_only() {
-        let resp = render(LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "x"), None, true);
+        let resp = render(
+            LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "x"),
+            None,
+            true,
+        );
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/grpc");
         assert_eq!(resp.headers()["grpc-status"], "14");
         assert_eq!(resp.headers()["grpc-message"], "upstream request timeout");
-        let resp = render(LocalReply::new(StatusCode::NOT_FOUND, "", "route_not_found"), None, true);
+        let resp = render(
+            LocalReply::new(StatusCode::NOT_FOUND, "", "route_not_found"),
+            None,
+            true,
+        );
         assert_eq!(resp.headers()["grpc-status"], "12");
         assert!(resp.headers().get("grpc-message").is_none());
     }
 
     #[tokio::test]
     async fn streamed_reply_keeps_headers_and_relays_trailers() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, crate::filter::http::BoxError>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<http_body::Frame<bytes::Bytes>, crate::filter::http::BoxError>,
+        >(4);
         let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         let mut reply = LocalReply::new(StatusCode::NON_AUTHORITATIVE_INFORMATION, "ignored", "x");
-        reply.headers.insert("x-local", HeaderValue::from_static("yes"));
+        reply
+            .headers
+            .insert("x-local", HeaderValue::from_static("yes"));
         reply.stream = Some(crate::filter::http::LocalBody::new(body.boxed_unsync()));
         let resp = render(reply, None, true);
         assert_eq!(resp.status(), 203);
@@ -120,8 +143,12 @@ mod tests {
         assert!(resp.headers().get("content-length").is_none());
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-t", HeaderValue::from_static("1"));
-        tx.send(Ok(http_body::Frame::data(bytes::Bytes::from("ab")))).await.unwrap();
-        tx.send(Ok(http_body::Frame::trailers(trailers.clone()))).await.unwrap();
+        tx.send(Ok(http_body::Frame::data(bytes::Bytes::from("ab"))))
+            .await
+            .unwrap();
+        tx.send(Ok(http_body::Frame::trailers(trailers.clone())))
+            .await
+            .unwrap();
         drop(tx);
         let collected = resp.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers(), Some(&trailers));

@@ -41,7 +41,8 @@ use stream::ServerHeader;
 /// Extension name.
 pub const NAME: &str = "envoy.filters.network.http_connection_manager";
 /// `@type` of the typed config.
-pub const TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 /// Envoy's default `stream_idle_timeout`.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -126,7 +127,10 @@ struct Http2Settings {
 
 /// Maps `http2_protocol_options` onto h2's settings; see [`config::Http2ProtocolOptions`] for
 /// the fields accepted because h2 protects the same way, and the ones refused.
-fn http2_settings(o: config::Http2ProtocolOptions, path: &str) -> Result<Http2Settings, ConfigError> {
+fn http2_settings(
+    o: config::Http2ProtocolOptions,
+    path: &str,
+) -> Result<Http2Settings, ConfigError> {
     let config::Http2ProtocolOptions {
         hpack_table_size,
         max_concurrent_streams,
@@ -134,7 +138,7 @@ fn http2_settings(o: config::Http2ProtocolOptions, path: &str) -> Result<Http2Se
         initial_connection_window_size,
         allow_connect,
         allow_metadata,
-        max_outbound_frames: _,         // h2: back-pressure bounds queued frames
+        max_outbound_frames: _, // h2: back-pressure bounds queued frames
         max_outbound_control_frames: _, // h2: one pending ACK, reading stops until written
         max_consecutive_inbound_frames_with_empty_payload,
         max_inbound_priority_frames_per_stream: _, // h2 ignores PRIORITY
@@ -146,7 +150,8 @@ fn http2_settings(o: config::Http2ProtocolOptions, path: &str) -> Result<Http2Se
         use_oghttp2_codec,
         max_metadata_size,
     } = o;
-    let unsupported = |field: &str, why: &str| Err(ConfigError::new(format!("{path}.{field}"), why.to_string()));
+    let unsupported =
+        |field: &str, why: &str| Err(ConfigError::new(format!("{path}.{field}"), why.to_string()));
     if allow_connect {
         return unsupported("allow_connect", "extended CONNECT is not supported");
     }
@@ -154,16 +159,28 @@ fn http2_settings(o: config::Http2ProtocolOptions, path: &str) -> Result<Http2Se
         return unsupported("allow_metadata", "METADATA frames are not supported");
     }
     if max_consecutive_inbound_frames_with_empty_payload.is_some() {
-        return unsupported("max_consecutive_inbound_frames_with_empty_payload", "not supported by the HTTP/2 codec (h2)");
+        return unsupported(
+            "max_consecutive_inbound_frames_with_empty_payload",
+            "not supported by the HTTP/2 codec (h2)",
+        );
     }
     if stream_error_on_invalid_http_messaging.is_some() {
-        return unsupported("stream_error_on_invalid_http_messaging", "not supported by the HTTP/2 codec (h2)");
+        return unsupported(
+            "stream_error_on_invalid_http_messaging",
+            "not supported by the HTTP/2 codec (h2)",
+        );
     }
     if override_stream_error_on_invalid_http_message.is_some() {
-        return unsupported("override_stream_error_on_invalid_http_message", "not supported by the HTTP/2 codec (h2)");
+        return unsupported(
+            "override_stream_error_on_invalid_http_message",
+            "not supported by the HTTP/2 codec (h2)",
+        );
     }
     if !custom_settings_parameters.is_empty() {
-        return unsupported("custom_settings_parameters", "not supported by the HTTP/2 codec (h2)");
+        return unsupported(
+            "custom_settings_parameters",
+            "not supported by the HTTP/2 codec (h2)",
+        );
     }
     if use_oghttp2_codec.is_some() {
         return unsupported("use_oghttp2_codec", "extproxy's HTTP/2 codec is h2");
@@ -172,12 +189,21 @@ fn http2_settings(o: config::Http2ProtocolOptions, path: &str) -> Result<Http2Se
         return unsupported("max_metadata_size", "METADATA frames are not supported");
     }
     let (mut keepalive_interval, mut keepalive_timeout) = (None, None);
-    if let Some(config::KeepaliveSettings { interval, timeout, interval_jitter, connection_idle_interval }) = connection_keepalive {
+    if let Some(config::KeepaliveSettings {
+        interval,
+        timeout,
+        interval_jitter,
+        connection_idle_interval,
+    }) = connection_keepalive
+    {
         if interval_jitter.is_some() {
             return unsupported("connection_keepalive.interval_jitter", "not supported");
         }
         if connection_idle_interval.is_some() {
-            return unsupported("connection_keepalive.connection_idle_interval", "not supported");
+            return unsupported(
+                "connection_keepalive.connection_idle_interval",
+                "not supported",
+            );
         }
         keepalive_interval = interval.map(|d| d.get()).filter(|d| !d.is_zero());
         keepalive_timeout = timeout.map(|d| d.get());
@@ -226,7 +252,11 @@ fn opt_timeout(d: Option<cfg::Duration>, default: Option<Duration>) -> Option<Du
 }
 
 /// Builds the filter from its typed config.
-pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<Arc<Filter>, ConfigError> {
+pub fn build(
+    any: &RawAny,
+    path: &str,
+    ctx: &super::BuildContext<'_>,
+) -> Result<Arc<Filter>, ConfigError> {
     let hcm: HttpConnectionManager = cfg::decode_any(any, path)?;
     let HttpConnectionManager {
         stat_prefix,
@@ -253,17 +283,33 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
         delayed_close_timeout: _, // connections close right after the last write
     } = hcm;
     if stat_prefix.is_empty() {
-        return Err(ConfigError::new(format!("{path}.stat_prefix"), "stat_prefix is required"));
+        return Err(ConfigError::new(
+            format!("{path}.stat_prefix"),
+            "stat_prefix is required",
+        ));
     }
     if !access_log.is_empty() {
-        return Err(ConfigError::new(format!("{path}.access_log"), "access logs are not supported"));
+        return Err(ConfigError::new(
+            format!("{path}.access_log"),
+            "access logs are not supported",
+        ));
     }
-    let config::Http1ProtocolOptions { accept_http_10, allow_chunked_length } = http_protocol_options.unwrap_or_default();
+    let config::Http1ProtocolOptions {
+        accept_http_10,
+        allow_chunked_length,
+    } = http_protocol_options.unwrap_or_default();
     if accept_http_10 {
-        return Err(ConfigError::new(format!("{path}.http_protocol_options.accept_http_10"), "HTTP/1.0 is not supported"));
+        return Err(ConfigError::new(
+            format!("{path}.http_protocol_options.accept_http_10"),
+            "HTTP/1.0 is not supported",
+        ));
     }
-    let route_config = route_config
-        .ok_or_else(|| ConfigError::new(format!("{path}.route_config"), "route_config is required (RDS is not supported)"))?;
+    let route_config = route_config.ok_or_else(|| {
+        ConfigError::new(
+            format!("{path}.route_config"),
+            "route_config is required (RDS is not supported)",
+        )
+    })?;
     let routes = RouteTable::build(&route_config, &format!("{path}.route_config"), ctx.clusters)?;
     let internal_only_headers = route_config
         .internal_only_headers
@@ -271,11 +317,18 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
         .enumerate()
         .map(|(i, h)| {
             http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
-                ConfigError::new(format!("{path}.route_config.internal_only_headers[{i}]"), format!("invalid header name {h:?}"))
+                ConfigError::new(
+                    format!("{path}.route_config.internal_only_headers[{i}]"),
+                    format!("invalid header name {h:?}"),
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    fn hctx<'a>(name: &'a str, prefix: &'a str, ctx: &super::BuildContext<'a>) -> http_filter::BuildContext<'a> {
+    fn hctx<'a>(
+        name: &'a str,
+        prefix: &'a str,
+        ctx: &super::BuildContext<'a>,
+    ) -> http_filter::BuildContext<'a> {
         http_filter::BuildContext {
             filter_name: name,
             hcm_stat_prefix: prefix,
@@ -303,47 +356,90 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
             Some(router::TYPE) => router::NAME,
             Some(ext_proc::TYPE) => ext_proc::NAME,
             Some(other) => {
-                return Err(ConfigError::new(format!("{tpath}.@type"), format!("unsupported HTTP filter type {other} (supported: {}, {})", ext_proc::TYPE, router::TYPE)))
+                return Err(ConfigError::new(
+                    format!("{tpath}.@type"),
+                    format!(
+                        "unsupported HTTP filter type {other} (supported: {}, {})",
+                        ext_proc::TYPE,
+                        router::TYPE
+                    ),
+                ))
             }
             None => hf.name.as_str(),
         };
         match kind {
             router::NAME => {
-                let r = router::build(hf.typed_config.as_ref(), &tpath, &hctx(&hf.name, &stat_prefix, ctx))?;
+                let r = router::build(
+                    hf.typed_config.as_ref(),
+                    &tpath,
+                    &hctx(&hf.name, &stat_prefix, ctx),
+                )?;
                 filters.push(HttpFilter::Router(r.clone()));
                 the_router = Some(r);
             }
             ext_proc::NAME => {
-                let any = hf
-                    .typed_config
-                    .as_ref()
-                    .ok_or_else(|| ConfigError::new(tpath.clone(), format!("typed_config is required for {}", hf.name)))?;
-                filters.push(HttpFilter::ExtProc(ext_proc::build(any, &tpath, &hctx(&hf.name, &stat_prefix, ctx))?));
+                let any = hf.typed_config.as_ref().ok_or_else(|| {
+                    ConfigError::new(
+                        tpath.clone(),
+                        format!("typed_config is required for {}", hf.name),
+                    )
+                })?;
+                filters.push(HttpFilter::ExtProc(ext_proc::build(
+                    any,
+                    &tpath,
+                    &hctx(&hf.name, &stat_prefix, ctx),
+                )?));
             }
             other => {
-                return Err(ConfigError::new(format!("{fpath}.name"), format!("unsupported HTTP filter {other} (supported: {}, {})", ext_proc::NAME, router::NAME)))
+                return Err(ConfigError::new(
+                    format!("{fpath}.name"),
+                    format!(
+                        "unsupported HTTP filter {other} (supported: {}, {})",
+                        ext_proc::NAME,
+                        router::NAME
+                    ),
+                ))
             }
         }
     }
     let router = the_router.ok_or_else(|| {
-        ConfigError::new(format!("{path}.http_filters"), format!("the HTTP filter chain must end with {}", router::NAME))
+        ConfigError::new(
+            format!("{path}.http_filters"),
+            format!("the HTTP filter chain must end with {}", router::NAME),
+        )
     })?;
     let (idle_timeout, max_headers_count) = match common_http_protocol_options {
-        Some(config::HttpProtocolOptions { idle_timeout, max_headers_count, max_stream_duration }) => {
+        Some(config::HttpProtocolOptions {
+            idle_timeout,
+            max_headers_count,
+            max_stream_duration,
+        }) => {
             if max_stream_duration.is_some() {
-                return Err(ConfigError::new(format!("{path}.common_http_protocol_options.max_stream_duration"), "not supported"));
+                return Err(ConfigError::new(
+                    format!("{path}.common_http_protocol_options.max_stream_duration"),
+                    "not supported",
+                ));
             }
-            (opt_timeout(idle_timeout, Some(DEFAULT_IDLE_TIMEOUT)), max_headers_count.map(|n| n as usize).unwrap_or(100))
+            (
+                opt_timeout(idle_timeout, Some(DEFAULT_IDLE_TIMEOUT)),
+                max_headers_count.map(|n| n as usize).unwrap_or(100),
+            )
         }
         None => (Some(DEFAULT_IDLE_TIMEOUT), 100),
     };
     let max_kb = max_request_headers_kb.unwrap_or(60);
     if !(1..=8192).contains(&max_kb) {
-        return Err(ConfigError::new(format!("{path}.max_request_headers_kb"), "must be between 1 and 8192"));
+        return Err(ConfigError::new(
+            format!("{path}.max_request_headers_kb"),
+            "must be between 1 and 8192",
+        ));
     }
     let server_name = HeaderValue::from_str(server_name.as_deref().unwrap_or("envoy"))
         .map_err(|_| ConfigError::new(format!("{path}.server_name"), "invalid header value"))?;
-    let http2 = http2_settings(http2_protocol_options.unwrap_or_default(), &format!("{path}.http2_protocol_options"))?;
+    let http2 = http2_settings(
+        http2_protocol_options.unwrap_or_default(),
+        &format!("{path}.http2_protocol_options"),
+    )?;
     let stats = HcmStats::new(ctx.stats, &stat_prefix);
     Ok(Arc::new(Filter {
         stat_prefix: stat_prefix.as_str().into(),
@@ -368,7 +464,9 @@ pub fn build(any: &RawAny, path: &str, ctx: &super::BuildContext<'_>) -> Result<
         },
         always_set_request_id_in_response,
         server_name,
-        server_header: match server_header_transformation.unwrap_or(ServerHeaderTransformation::Overwrite) {
+        server_header: match server_header_transformation
+            .unwrap_or(ServerHeaderTransformation::Overwrite)
+        {
             ServerHeaderTransformation::Overwrite => ServerHeader::Overwrite,
             ServerHeaderTransformation::AppendIfAbsent => ServerHeader::AppendIfAbsent,
             ServerHeaderTransformation::PassThrough => ServerHeader::PassThrough,

@@ -63,7 +63,9 @@ impl<'a> RequestView<'a> {
             _ => {
                 let mut values = self.headers.get_all(name).iter().peekable();
                 values.peek()?;
-                let parts: Vec<String> = values.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+                let parts: Vec<String> = values
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
                 Some(parts.join(","))
             }
         }
@@ -88,7 +90,13 @@ struct HeaderAdd {
 
 impl HeaderOps {
     /// Builds and validates one level (`request` forbids `host` and pseudo-headers).
-    pub fn build(add: &[HeaderValueOption], remove: &[String], path: &str, add_field: &str, remove_field: &str) -> Result<Self, ConfigError> {
+    pub fn build(
+        add: &[HeaderValueOption],
+        remove: &[String],
+        path: &str,
+        add_field: &str,
+        remove_field: &str,
+    ) -> Result<Self, ConfigError> {
         let mut ops = HeaderOps::default();
         for (i, name) in remove.iter().enumerate() {
             let p = format!("{path}.{remove_field}[{i}]");
@@ -96,14 +104,25 @@ impl HeaderOps {
             if lower.starts_with(':') || lower == "host" {
                 return Err(ConfigError::new(p, format!("{name} cannot be removed")));
             }
-            ops.remove.push(HeaderName::from_bytes(lower.as_bytes()).map_err(|_| ConfigError::new(p, format!("invalid header name {name:?}")))?);
+            ops.remove.push(
+                HeaderName::from_bytes(lower.as_bytes())
+                    .map_err(|_| ConfigError::new(p, format!("invalid header name {name:?}")))?,
+            );
         }
         for (i, opt) in add.iter().enumerate() {
             let p = format!("{path}.{add_field}[{i}]");
-            let HeaderValueOption { header, append, append_action, keep_empty_value } = opt;
+            let HeaderValueOption {
+                header,
+                append,
+                append_action,
+                keep_empty_value,
+            } = opt;
             let action = match (append, append_action) {
                 (Some(_), Some(_)) => {
-                    return Err(ConfigError::new(p, "append and append_action are mutually exclusive"));
+                    return Err(ConfigError::new(
+                        p,
+                        "append and append_action are mutually exclusive",
+                    ));
                 }
                 (Some(true), None) | (None, None) => HeaderAppendAction::AppendIfExistsOrAdd,
                 (Some(false), None) => HeaderAppendAction::OverwriteIfExistsOrAdd,
@@ -111,17 +130,32 @@ impl HeaderOps {
             };
             let lower = header.key.to_ascii_lowercase();
             if lower.starts_with(':') || lower == "host" {
-                return Err(ConfigError::new(format!("{p}.header.key"), format!(":-prefixed or host headers may not be modified: {}", header.key)));
+                return Err(ConfigError::new(
+                    format!("{p}.header.key"),
+                    format!(
+                        ":-prefixed or host headers may not be modified: {}",
+                        header.key
+                    ),
+                ));
             }
-            let name = HeaderName::from_bytes(lower.as_bytes())
-                .map_err(|_| ConfigError::new(format!("{p}.header.key"), format!("invalid header name {:?}", header.key)))?;
+            let name = HeaderName::from_bytes(lower.as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    format!("{p}.header.key"),
+                    format!("invalid header name {:?}", header.key),
+                )
+            })?;
             let raw = literal_value(header.bytes(), &format!("{p}.header.value"))?;
             if raw.is_empty() && !keep_empty_value {
                 continue;
             }
-            let value = HeaderValue::from_bytes(&raw)
-                .map_err(|_| ConfigError::new(format!("{p}.header.value"), "invalid header value"))?;
-            ops.add.push(HeaderAdd { name, value, action });
+            let value = HeaderValue::from_bytes(&raw).map_err(|_| {
+                ConfigError::new(format!("{p}.header.value"), "invalid header value")
+            })?;
+            ops.add.push(HeaderAdd {
+                name,
+                value,
+                action,
+            });
         }
         Ok(ops)
     }
@@ -166,7 +200,10 @@ fn literal_value(v: &[u8], path: &str) -> Result<Vec<u8>, ConfigError> {
                 i += 2;
                 continue;
             }
-            return Err(ConfigError::new(path, "header value formatters (%...%) are not supported; write %% for a literal %"));
+            return Err(ConfigError::new(
+                path,
+                "header value formatters (%...%) are not supported; write %% for a literal %",
+            ));
         }
         out.push(v[i]);
         i += 1;
@@ -193,8 +230,21 @@ struct CompiledStringMatcher {
 
 impl CompiledStringMatcher {
     fn build(m: &StringMatcher, path: &str) -> Result<Self, ConfigError> {
-        let StringMatcher { exact, prefix, suffix, contains, safe_regex, ignore_case } = m;
-        let lower = |s: &String| if *ignore_case { s.to_ascii_lowercase() } else { s.clone() };
+        let StringMatcher {
+            exact,
+            prefix,
+            suffix,
+            contains,
+            safe_regex,
+            ignore_case,
+        } = m;
+        let lower = |s: &String| {
+            if *ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.clone()
+            }
+        };
         let mut kinds = Vec::new();
         if let Some(s) = exact {
             kinds.push(StringMatch::Exact(lower(s)));
@@ -209,13 +259,22 @@ impl CompiledStringMatcher {
             kinds.push(StringMatch::Contains(lower(s)));
         }
         if let Some(r) = safe_regex {
-            kinds.push(StringMatch::Regex(compile_regex(r, &format!("{path}.safe_regex"))?));
+            kinds.push(StringMatch::Regex(compile_regex(
+                r,
+                &format!("{path}.safe_regex"),
+            )?));
         }
         if kinds.len() != 1 {
-            return Err(ConfigError::new(path, "exactly one of exact, prefix, suffix, contains or safe_regex must be set"));
+            return Err(ConfigError::new(
+                path,
+                "exactly one of exact, prefix, suffix, contains or safe_regex must be set",
+            ));
         }
         let kind = kinds.remove(0);
-        Ok(CompiledStringMatcher { kind, ignore_case: *ignore_case })
+        Ok(CompiledStringMatcher {
+            kind,
+            ignore_case: *ignore_case,
+        })
     }
 
     fn matches(&self, value: &str) -> bool {
@@ -271,7 +330,10 @@ impl CompiledHeaderMatcher {
         } = h;
         let mut kinds = Vec::new();
         if let Some(sm) = string_match {
-            kinds.push(HeaderMatchKind::Value(CompiledStringMatcher::build(sm, &format!("{path}.string_match"))?));
+            kinds.push(HeaderMatchKind::Value(CompiledStringMatcher::build(
+                sm,
+                &format!("{path}.string_match"),
+            )?));
         }
         if let Some(p) = present_match {
             kinds.push(HeaderMatchKind::Present(*p));
@@ -284,13 +346,25 @@ impl CompiledHeaderMatcher {
             safe_regex: safe_regex_match.clone(),
             ignore_case: false,
         };
-        if exact_match.is_some() || prefix_match.is_some() || suffix_match.is_some() || contains_match.is_some() || safe_regex_match.is_some() {
-            kinds.push(HeaderMatchKind::Value(CompiledStringMatcher::build(&legacy, path)?));
+        if exact_match.is_some()
+            || prefix_match.is_some()
+            || suffix_match.is_some()
+            || contains_match.is_some()
+            || safe_regex_match.is_some()
+        {
+            kinds.push(HeaderMatchKind::Value(CompiledStringMatcher::build(
+                &legacy, path,
+            )?));
         }
         let kind = match kinds.len() {
             0 => HeaderMatchKind::Present(true),
             1 => kinds.remove(0),
-            _ => return Err(ConfigError::new(path, "only one header match specifier may be set")),
+            _ => {
+                return Err(ConfigError::new(
+                    path,
+                    "only one header match specifier may be set",
+                ))
+            }
         };
         Ok(CompiledHeaderMatcher {
             name: name.to_ascii_lowercase(),
@@ -399,7 +473,11 @@ impl RouteEntry {
 
     /// The rewritten `:path` for `prefix_rewrite`, if the route has one.
     pub fn rewrite_path(&self, path: &str) -> Option<String> {
-        let Action::Forward { prefix_rewrite: Some(rewrite), .. } = &self.action else {
+        let Action::Forward {
+            prefix_rewrite: Some(rewrite),
+            ..
+        } = &self.action
+        else {
             return None;
         };
         match &self.path {
@@ -430,7 +508,11 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table; every cluster must exist.
-    pub fn build(rc: &config::RouteConfiguration, path: &str, clusters: &ClusterManager) -> Result<Self, ConfigError> {
+    pub fn build(
+        rc: &config::RouteConfiguration,
+        path: &str,
+        clusters: &ClusterManager,
+    ) -> Result<Self, ConfigError> {
         let config::RouteConfiguration {
             name: _,
             virtual_hosts,
@@ -441,8 +523,20 @@ impl RouteTable {
             validate_clusters: _,
             internal_only_headers: _, // applied by the HCM's request sanitizing
         } = rc;
-        let global_rq = Arc::new(HeaderOps::build(request_headers_to_add, request_headers_to_remove, path, "request_headers_to_add", "request_headers_to_remove")?);
-        let global_rs = Arc::new(HeaderOps::build(response_headers_to_add, response_headers_to_remove, path, "response_headers_to_add", "response_headers_to_remove")?);
+        let global_rq = Arc::new(HeaderOps::build(
+            request_headers_to_add,
+            request_headers_to_remove,
+            path,
+            "request_headers_to_add",
+            "request_headers_to_remove",
+        )?);
+        let global_rs = Arc::new(HeaderOps::build(
+            response_headers_to_add,
+            response_headers_to_remove,
+            path,
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        )?);
         let mut table = RouteTable::default();
         let mut suffixes = Vec::new();
         let mut prefixes = Vec::new();
@@ -458,11 +552,29 @@ impl RouteTable {
                 response_headers_to_remove,
                 typed_per_filter_config,
             } = vh;
-            let vh_rq = Arc::new(HeaderOps::build(request_headers_to_add, request_headers_to_remove, &vpath, "request_headers_to_add", "request_headers_to_remove")?);
-            let vh_rs = Arc::new(HeaderOps::build(response_headers_to_add, response_headers_to_remove, &vpath, "response_headers_to_add", "response_headers_to_remove")?);
-            let vh_pfc = per_filter(typed_per_filter_config, &format!("{vpath}.typed_per_filter_config"))?;
+            let vh_rq = Arc::new(HeaderOps::build(
+                request_headers_to_add,
+                request_headers_to_remove,
+                &vpath,
+                "request_headers_to_add",
+                "request_headers_to_remove",
+            )?);
+            let vh_rs = Arc::new(HeaderOps::build(
+                response_headers_to_add,
+                response_headers_to_remove,
+                &vpath,
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            )?);
+            let vh_pfc = per_filter(
+                typed_per_filter_config,
+                &format!("{vpath}.typed_per_filter_config"),
+            )?;
             if domains.is_empty() {
-                return Err(ConfigError::new(format!("{vpath}.domains"), "at least one domain is required"));
+                return Err(ConfigError::new(
+                    format!("{vpath}.domains"),
+                    "at least one domain is required",
+                ));
             }
             for (j, d) in domains.iter().enumerate() {
                 let dpath = format!("{vpath}.domains[{j}]");
@@ -471,20 +583,29 @@ impl RouteTable {
                     table.default.replace(i).is_some()
                 } else if let Some(suffix) = d.strip_prefix('*') {
                     if suffix.contains('*') {
-                        return Err(ConfigError::new(dpath, format!("invalid domain {d}: only one wildcard is allowed")));
+                        return Err(ConfigError::new(
+                            dpath,
+                            format!("invalid domain {d}: only one wildcard is allowed"),
+                        ));
                     }
                     let dup = suffixes.iter().any(|(s, _)| s == suffix);
                     suffixes.push((suffix.to_string(), i));
                     dup
                 } else if let Some(prefix) = d.strip_suffix('*') {
                     if prefix.contains('*') {
-                        return Err(ConfigError::new(dpath, format!("invalid domain {d}: only one wildcard is allowed")));
+                        return Err(ConfigError::new(
+                            dpath,
+                            format!("invalid domain {d}: only one wildcard is allowed"),
+                        ));
                     }
                     let dup = prefixes.iter().any(|(s, _)| s == prefix);
                     prefixes.push((prefix.to_string(), i));
                     dup
                 } else if d.contains('*') {
-                    return Err(ConfigError::new(dpath, format!("invalid domain {d}: a wildcard must be at the start or the end")));
+                    return Err(ConfigError::new(
+                        dpath,
+                        format!("invalid domain {d}: a wildcard must be at the start or the end"),
+                    ));
                 } else {
                     table.exact.insert(d.clone(), i).is_some()
                 };
@@ -498,7 +619,14 @@ impl RouteTable {
             let mut entries = Vec::new();
             for (k, r) in routes.iter().enumerate() {
                 let rpath = format!("{vpath}.routes[{k}]");
-                entries.push(Arc::new(build_route(r, &rpath, clusters, [&global_rq, &vh_rq], [&global_rs, &vh_rs], &vh_pfc)?));
+                entries.push(Arc::new(build_route(
+                    r,
+                    &rpath,
+                    clusters,
+                    [&global_rq, &vh_rq],
+                    [&global_rs, &vh_rs],
+                    &vh_pfc,
+                )?));
             }
             table.vhosts.push(VirtualHost { routes: entries });
         }
@@ -522,16 +650,34 @@ impl RouteTable {
             .get(&host)
             .copied()
             // A wildcard matches at least one character.
-            .or_else(|| self.suffixes.iter().find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str())).map(|(_, i)| *i))
-            .or_else(|| self.prefixes.iter().find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str())).map(|(_, i)| *i))
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                    .map(|(_, i)| *i)
+            })
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+                    .map(|(_, i)| *i)
+            })
             .or(self.default)?;
         self.vhosts.get(idx)
     }
 }
 
-fn per_filter(map: &BTreeMap<String, crate::config::RawAny>, path: &str) -> Result<Vec<(String, PerFilterConfig)>, ConfigError> {
+fn per_filter(
+    map: &BTreeMap<String, crate::config::RawAny>,
+    path: &str,
+) -> Result<Vec<(String, PerFilterConfig)>, ConfigError> {
     map.iter()
-        .map(|(name, any)| Ok((name.clone(), build_per_filter_config(name, any, &format!("{path}.{name}"))?)))
+        .map(|(name, any)| {
+            Ok((
+                name.clone(),
+                build_per_filter_config(name, any, &format!("{path}.{name}"))?,
+            ))
+        })
         .collect()
 }
 
@@ -555,33 +701,67 @@ fn build_route(
         typed_per_filter_config,
     } = r;
     let mpath = format!("{path}.match");
-    let config::RouteMatch { prefix, path: exact, safe_regex, case_sensitive, headers } = match_;
+    let config::RouteMatch {
+        prefix,
+        path: exact,
+        safe_regex,
+        case_sensitive,
+        headers,
+    } = match_;
     let path_match = match (prefix, exact, safe_regex) {
         (Some(p), None, None) => PathMatch::Prefix(p.clone()),
         (None, Some(p), None) => PathMatch::Exact(p.clone()),
-        (None, None, Some(r)) => PathMatch::Regex(compile_regex(r, &format!("{mpath}.safe_regex"))?),
-        _ => return Err(ConfigError::new(mpath, "exactly one of prefix, path or safe_regex must be set")),
+        (None, None, Some(r)) => {
+            PathMatch::Regex(compile_regex(r, &format!("{mpath}.safe_regex"))?)
+        }
+        _ => {
+            return Err(ConfigError::new(
+                mpath,
+                "exactly one of prefix, path or safe_regex must be set",
+            ))
+        }
     };
     let headers = headers
         .iter()
         .enumerate()
         .map(|(i, h)| CompiledHeaderMatcher::build(h, &format!("{mpath}.headers[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut info = RouteInfo { name: name.clone(), ..Default::default() };
+    let mut info = RouteInfo {
+        name: name.clone(),
+        ..Default::default()
+    };
     let action = match (route, direct_response) {
         (Some(a), None) => {
             let apath = format!("{path}.route");
-            let config::RouteAction { cluster, prefix_rewrite, timeout, idle_timeout, host_rewrite_literal } = a;
-            let cluster = cluster.as_ref().ok_or_else(|| ConfigError::new(format!("{apath}.cluster"), "cluster is required"))?;
+            let config::RouteAction {
+                cluster,
+                prefix_rewrite,
+                timeout,
+                idle_timeout,
+                host_rewrite_literal,
+            } = a;
+            let cluster = cluster.as_ref().ok_or_else(|| {
+                ConfigError::new(format!("{apath}.cluster"), "cluster is required")
+            })?;
             if clusters.get(cluster).is_none() {
-                return Err(ConfigError::new(format!("{apath}.cluster"), format!("route: unknown cluster '{cluster}'")));
+                return Err(ConfigError::new(
+                    format!("{apath}.cluster"),
+                    format!("route: unknown cluster '{cluster}'"),
+                ));
             }
             if prefix_rewrite.is_some() && matches!(path_match, PathMatch::Regex(_)) {
-                return Err(ConfigError::new(format!("{apath}.prefix_rewrite"), "Cannot use prefix_rewrite with a safe_regex match"));
+                return Err(ConfigError::new(
+                    format!("{apath}.prefix_rewrite"),
+                    "Cannot use prefix_rewrite with a safe_regex match",
+                ));
             }
             let host_rewrite = host_rewrite_literal
                 .as_ref()
-                .map(|h| HeaderValue::from_str(h).map_err(|_| ConfigError::new(format!("{apath}.host_rewrite_literal"), "invalid host")))
+                .map(|h| {
+                    HeaderValue::from_str(h).map_err(|_| {
+                        ConfigError::new(format!("{apath}.host_rewrite_literal"), "invalid host")
+                    })
+                })
                 .transpose()?;
             info.cluster = cluster.clone();
             info.timeout = match timeout.map(|t| t.get()) {
@@ -589,25 +769,50 @@ fn build_route(
                 Some(t) if t.is_zero() => None,
                 Some(t) => Some(t),
             };
-            Action::Forward { prefix_rewrite: prefix_rewrite.clone(), host_rewrite, idle_timeout: idle_timeout.map(|d| d.get()) }
+            Action::Forward {
+                prefix_rewrite: prefix_rewrite.clone(),
+                host_rewrite,
+                idle_timeout: idle_timeout.map(|d| d.get()),
+            }
         }
         (None, Some(d)) => {
             let status = StatusCode::from_u16(d.status)
                 .ok()
                 .filter(|s| s.as_u16() >= 200)
-                .ok_or_else(|| ConfigError::new(format!("{path}.direct_response.status"), "invalid status"))?;
+                .ok_or_else(|| {
+                    ConfigError::new(format!("{path}.direct_response.status"), "invalid status")
+                })?;
             let body = match &d.body {
-                Some(config::DataSource { inline_string: Some(s), inline_bytes }) if inline_bytes.is_empty() => Bytes::from(s.clone()),
-                Some(config::DataSource { inline_string: None, inline_bytes }) => Bytes::from(inline_bytes.clone()),
+                Some(config::DataSource {
+                    inline_string: Some(s),
+                    inline_bytes,
+                }) if inline_bytes.is_empty() => Bytes::from(s.clone()),
+                Some(config::DataSource {
+                    inline_string: None,
+                    inline_bytes,
+                }) => Bytes::from(inline_bytes.clone()),
                 None => Bytes::new(),
-                Some(_) => return Err(ConfigError::new(format!("{path}.direct_response.body"), "exactly one of inline_string or inline_bytes must be set")),
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        format!("{path}.direct_response.body"),
+                        "exactly one of inline_string or inline_bytes must be set",
+                    ))
+                }
             };
             Action::Direct { status, body }
         }
-        _ => return Err(ConfigError::new(path, "exactly one of route or direct_response must be set")),
+        _ => {
+            return Err(ConfigError::new(
+                path,
+                "exactly one of route or direct_response must be set",
+            ))
+        }
     };
     let mut per = vh_pfc.to_vec();
-    per.extend(per_filter(typed_per_filter_config, &format!("{path}.typed_per_filter_config"))?);
+    per.extend(per_filter(
+        typed_per_filter_config,
+        &format!("{path}.typed_per_filter_config"),
+    )?);
     info.per_filter = per;
     Ok(RouteEntry {
         info: Arc::new(info),
@@ -616,12 +821,24 @@ fn build_route(
         case_sensitive: case_sensitive.unwrap_or(true),
         headers,
         request_ops: [
-            Arc::new(HeaderOps::build(request_headers_to_add, request_headers_to_remove, path, "request_headers_to_add", "request_headers_to_remove")?),
+            Arc::new(HeaderOps::build(
+                request_headers_to_add,
+                request_headers_to_remove,
+                path,
+                "request_headers_to_add",
+                "request_headers_to_remove",
+            )?),
             vh_rq.clone(),
             global_rq.clone(),
         ],
         response_ops: [
-            Arc::new(HeaderOps::build(response_headers_to_add, response_headers_to_remove, path, "response_headers_to_add", "response_headers_to_remove")?),
+            Arc::new(HeaderOps::build(
+                response_headers_to_add,
+                response_headers_to_remove,
+                path,
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            )?),
             vh_rs.clone(),
             global_rs.clone(),
         ],
@@ -634,19 +851,37 @@ mod tests {
     use super::*;
 
     fn table(yaml: &str) -> Result<RouteTable, ConfigError> {
-        let rc: config::RouteConfiguration = crate::config::decode(serde_yaml_ng::from_str(yaml).unwrap(), "rc")?;
-        let clusters: Vec<crate::config::Cluster> =
-            crate::config::decode(serde_yaml_ng::from_str("[{name: up}, {name: other}]").unwrap(), "c").unwrap();
+        let rc: config::RouteConfiguration =
+            crate::config::decode(serde_yaml_ng::from_str(yaml).unwrap(), "rc")?;
+        let clusters: Vec<crate::config::Cluster> = crate::config::decode(
+            serde_yaml_ng::from_str("[{name: up}, {name: other}]").unwrap(),
+            "c",
+        )
+        .unwrap();
         let cm = ClusterManager::build(&clusters, &crate::stats::Store::new(), 1).unwrap();
         RouteTable::build(&rc, "rc", &cm)
     }
 
-    fn pick(t: &RouteTable, authority: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
+    fn pick(
+        t: &RouteTable,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<String> {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
-        let view = RequestView { authority, path, method: "GET", scheme: "http", headers: &h };
+        let view = RequestView {
+            authority,
+            path,
+            method: "GET",
+            scheme: "http",
+            headers: &h,
+        };
         t.route(&view).map(|r| r.info.name.clone())
     }
 
@@ -663,18 +898,29 @@ virtual_hosts:
     fn domains_follow_envoys_search_order() {
         let t = table(DOMAINS).unwrap();
         assert_eq!(pick(&t, "EXAMPLE.com", "/", &[]).as_deref(), Some("exact"));
-        assert_eq!(pick(&t, "example.com:8080", "/", &[]).as_deref(), Some("exact"));
+        assert_eq!(
+            pick(&t, "example.com:8080", "/", &[]).as_deref(),
+            Some("exact")
+        );
         // The port is part of the host: no match without a domain that has it.
         assert_eq!(pick(&t, "example.com:9", "/", &[]).as_deref(), Some("any"));
         assert_eq!(pick(&t, "a.foo.com", "/", &[]).as_deref(), Some("suffix"));
-        assert_eq!(pick(&t, "x.bar.foo.com", "/", &[]).as_deref(), Some("longer"));
+        assert_eq!(
+            pick(&t, "x.bar.foo.com", "/", &[]).as_deref(),
+            Some("longer")
+        );
         assert_eq!(pick(&t, "foo.com", "/", &[]).as_deref(), Some("any"));
-        assert_eq!(pick(&t, "api.example.org", "/", &[]).as_deref(), Some("prefix"));
+        assert_eq!(
+            pick(&t, "api.example.org", "/", &[]).as_deref(),
+            Some("prefix")
+        );
     }
 
     #[test]
     fn duplicate_domains_are_rejected() {
-        let err = table("virtual_hosts:\n- {name: a, domains: [x.com]}\n- {name: b, domains: [X.com]}\n").unwrap_err();
+        let err =
+            table("virtual_hosts:\n- {name: a, domains: [x.com]}\n- {name: b, domains: [X.com]}\n")
+                .unwrap_err();
         assert_eq!(err.path, "rc.virtual_hosts[1].domains[0]");
     }
 
@@ -706,9 +952,18 @@ virtual_hosts:
         assert_eq!(pick(&t, "h", "/ci/x", &[]).as_deref(), Some("ci"));
         assert_eq!(pick(&t, "h", "/re/123", &[]).as_deref(), Some("re"));
         assert_eq!(pick(&t, "h", "/re/12a", &[]).as_deref(), Some("last"));
-        assert_eq!(pick(&t, "h", "/h", &[("x-a", "v1")]).as_deref(), Some("hdr"));
-        assert_eq!(pick(&t, "h", "/h", &[("x-a", "v1"), ("x-b", "")]).as_deref(), Some("last"));
-        assert_eq!(pick(&t, "h", "/h", &[("x-a", "w")]).as_deref(), Some("last"));
+        assert_eq!(
+            pick(&t, "h", "/h", &[("x-a", "v1")]).as_deref(),
+            Some("hdr")
+        );
+        assert_eq!(
+            pick(&t, "h", "/h", &[("x-a", "v1"), ("x-b", "")]).as_deref(),
+            Some("last")
+        );
+        assert_eq!(
+            pick(&t, "h", "/h", &[("x-a", "w")]).as_deref(),
+            Some("last")
+        );
     }
 
     #[test]
@@ -729,11 +984,22 @@ virtual_hosts:
         )
         .unwrap();
         let h = HeaderMap::new();
-        let r = t.route(&RequestView { authority: "a", path: "/old/x?y", method: "GET", scheme: "http", headers: &h }).unwrap();
+        let r = t
+            .route(&RequestView {
+                authority: "a",
+                path: "/old/x?y",
+                method: "GET",
+                scheme: "http",
+                headers: &h,
+            })
+            .unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-gone", HeaderValue::from_static("1"));
         r.apply_request_headers(&mut headers);
-        assert_eq!(headers.get_all("x-l").iter().collect::<Vec<_>>(), ["global"]);
+        assert_eq!(
+            headers.get_all("x-l").iter().collect::<Vec<_>>(),
+            ["global"]
+        );
         assert_eq!(headers["x-p"], "50%");
         assert_eq!(headers["x-r"], "r");
         assert!(headers.get("x-gone").is_none());
@@ -745,7 +1011,10 @@ virtual_hosts:
         let err = table("virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: nope}}]}]").unwrap_err();
         assert_eq!(err.path, "rc.virtual_hosts[0].routes[0].route.cluster");
         let err = table("virtual_hosts: [{name: v, domains: ['*'], request_headers_to_add: [{header: {key: x, value: '%REQ(a)%'}}]}]").unwrap_err();
-        assert_eq!(err.path, "rc.virtual_hosts[0].request_headers_to_add[0].header.value");
+        assert_eq!(
+            err.path,
+            "rc.virtual_hosts[0].request_headers_to_add[0].header.value"
+        );
         let err = table("virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /, query_parameters: []}, route: {cluster: up}}]}]").unwrap_err();
         assert!(err.path.ends_with("query_parameters"), "{err}");
     }

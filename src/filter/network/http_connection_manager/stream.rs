@@ -10,7 +10,9 @@ use super::headers::{date_header, mutate_request_headers, strip_request_hop_by_h
 use super::local_reply;
 use super::route::{Action, RequestView, RouteEntry};
 use super::Filter;
-use crate::filter::http::{Abort, Body, BoxError, ConnectionInfo, LocalReply, StreamAbort, StreamContext, StreamFilter};
+use crate::filter::http::{
+    Abort, Body, BoxError, ConnectionInfo, LocalReply, StreamAbort, StreamContext, StreamFilter,
+};
 use crate::stats::GaugeGuard;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, DATE, HOST, SERVER};
@@ -74,7 +76,10 @@ impl StreamGuard {
         conn.streams.count.fetch_add(1, Ordering::AcqRel);
         conn.streams.started.fetch_add(1, Ordering::AcqRel);
         conn.streams.changed.notify_waiters();
-        StreamGuard { conn: conn.clone(), _active: GaugeGuard::new(&conn.filter.stats.downstream_rq_active) }
+        StreamGuard {
+            conn: conn.clone(),
+            _active: GaugeGuard::new(&conn.filter.stats.downstream_rq_active),
+        }
     }
 }
 
@@ -97,11 +102,16 @@ struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Activity { start: Instant::now(), last_ms: AtomicU64::new(0), request_done: AtomicBool::new(false) }
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            request_done: AtomicBool::new(false),
+        }
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
@@ -112,10 +122,18 @@ impl Activity {
 type Watch = Pin<Box<dyn Future<Output = Abort> + Send>>;
 
 /// Races the filters' abort signal with the stream idle and request timeouts.
-fn watch(abort: StreamAbort, activity: Arc<Activity>, idle: Option<Duration>, request_timeout: Option<Duration>, filter: Arc<Filter>) -> Watch {
+fn watch(
+    abort: StreamAbort,
+    activity: Arc<Activity>,
+    idle: Option<Duration>,
+    request_timeout: Option<Duration>,
+    filter: Arc<Filter>,
+) -> Watch {
     Box::pin(async move {
         let idle_fired = async {
-            let Some(d) = idle else { return std::future::pending().await };
+            let Some(d) = idle else {
+                return std::future::pending().await;
+            };
             loop {
                 let deadline = activity.last() + d;
                 tokio::time::sleep_until(deadline).await;
@@ -125,7 +143,9 @@ fn watch(abort: StreamAbort, activity: Arc<Activity>, idle: Option<Duration>, re
             }
         };
         let request_fired = async {
-            let Some(d) = request_timeout else { return std::future::pending().await };
+            let Some(d) = request_timeout else {
+                return std::future::pending().await;
+            };
             tokio::time::sleep_until(activity.start + d).await;
             if activity.request_done.load(Ordering::Acquire) {
                 std::future::pending::<()>().await;
@@ -148,7 +168,10 @@ fn watch(abort: StreamAbort, activity: Arc<Activity>, idle: Option<Duration>, re
 }
 
 /// Serves one request (hyper's service function).
-pub(super) async fn handle(req: Request<Incoming>, conn: Arc<ConnShared>) -> Result<Response<Body>, BoxError> {
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnShared>,
+) -> Result<Response<Body>, BoxError> {
     let f = conn.filter.clone();
     f.stats.downstream_rq_total.inc();
     if conn.is_h2 {
@@ -163,7 +186,10 @@ pub(super) async fn handle(req: Request<Incoming>, conn: Arc<ConnShared>) -> Res
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let (parts, body) = req.into_parts();
-    let body = RequestBody { inner: body, activity: activity.clone() };
+    let body = RequestBody {
+        inner: body,
+        activity: activity.clone(),
+    };
     let body = if body.inner.is_end_stream() {
         activity.request_done.store(true, Ordering::Release);
         body.boxed_unsync()
@@ -175,14 +201,19 @@ pub(super) async fn handle(req: Request<Incoming>, conn: Arc<ConnShared>) -> Res
         Err(failed) => {
             let (reply, close) = *failed;
             let resp = local_reply::render(reply, None, is_grpc);
-            return Ok(finish(resp, &conn, None, close, guard, None, activity, None));
+            return Ok(finish(
+                resp, &conn, None, close, guard, None, activity, None,
+            ));
         }
     };
     let request_id = parts.headers.get("x-request-id").cloned();
     let req = Request::from_parts(parts, body);
     let entry = f.routes.route(&RequestView::of(&req));
     let idle = match entry.as_deref().map(|e| &e.action) {
-        Some(Action::Forward { idle_timeout: Some(t), .. }) => Some(*t),
+        Some(Action::Forward {
+            idle_timeout: Some(t),
+            ..
+        }) => Some(*t),
         _ => f.stream_idle_timeout,
     }
     .filter(|d| !d.is_zero());
@@ -196,7 +227,13 @@ pub(super) async fn handle(req: Request<Incoming>, conn: Arc<ConnShared>) -> Res
         is_grpc,
         abort: StreamAbort::default(),
     };
-    let mut watch = watch(cx.abort.clone(), activity.clone(), idle, f.request_timeout, f.clone());
+    let mut watch = watch(
+        cx.abort.clone(),
+        activity.clone(),
+        idle,
+        f.request_timeout,
+        f.clone(),
+    );
     let mut filters: Vec<StreamFilter> = f.filters.iter().map(|h| h.new_stream()).collect();
     let mut current = entry.clone();
     let (resp, watch) = {
@@ -213,18 +250,44 @@ pub(super) async fn handle(req: Request<Incoming>, conn: Arc<ConnShared>) -> Res
         }
     };
     let keep = Box::new((filters, cx));
-    Ok(finish(resp, &conn, request_id, false, guard, watch, activity, Some(keep)))
+    Ok(finish(
+        resp,
+        &conn,
+        request_id,
+        false,
+        guard,
+        watch,
+        activity,
+        Some(keep),
+    ))
 }
 
 /// Checks and normalises the request head (see the contract in `filter::http`). A failure is a
 /// local reply, and whether the connection must close.
-fn prepare(mut parts: http::request::Parts, conn: &ConnShared) -> Result<http::request::Parts, Box<(LocalReply, bool)>> {
+fn prepare(
+    mut parts: http::request::Parts,
+    conn: &ConnShared,
+) -> Result<http::request::Parts, Box<(LocalReply, bool)>> {
     let f = &conn.filter;
     if !conn.is_h2 && parts.version < Version::HTTP_11 {
-        return Err(Box::new((LocalReply::new(StatusCode::UPGRADE_REQUIRED, "Upgrade Required", "low_version"), true)));
+        return Err(Box::new((
+            LocalReply::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "Upgrade Required",
+                "low_version",
+            ),
+            true,
+        )));
     }
     if parts.headers.len() > f.max_headers_count {
-        return Err(Box::new((LocalReply::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request Header Fields Too Large", "too_many_headers"), true)));
+        return Err(Box::new((
+            LocalReply::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request Header Fields Too Large",
+                "too_many_headers",
+            ),
+            true,
+        )));
     }
     // hyper accepts codings before `chunked`; Envoy implements none of them (and forwarding
     // the body without its coding would corrupt it).
@@ -235,27 +298,57 @@ fn prepare(mut parts: http::request::Parts, conn: &ConnShared) -> Result<http::r
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     if !conn.is_h2 && other_coding {
-        return Err(Box::new((LocalReply::new(StatusCode::NOT_IMPLEMENTED, "Not Implemented", "unsupported_transfer_encoding"), true)));
+        return Err(Box::new((
+            LocalReply::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "Not Implemented",
+                "unsupported_transfer_encoding",
+            ),
+            true,
+        )));
     }
     if parts.method == http::Method::CONNECT {
-        return Err(Box::new((LocalReply::new(StatusCode::NOT_FOUND, Bytes::new(), "route_not_found"), true)));
+        return Err(Box::new((
+            LocalReply::new(StatusCode::NOT_FOUND, Bytes::new(), "route_not_found"),
+            true,
+        )));
     }
     let authority = match parts.uri.authority() {
         Some(a) => a.as_str().to_string(),
-        None => parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string(),
+        None => parts
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
     };
     if authority.is_empty() {
-        return Err(Box::new((LocalReply::new(StatusCode::BAD_REQUEST, Bytes::new(), "missing_host_header"), true)));
+        return Err(Box::new((
+            LocalReply::new(StatusCode::BAD_REQUEST, Bytes::new(), "missing_host_header"),
+            true,
+        )));
     }
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
     if !pq.starts_with('/') && pq != "*" {
-        return Err(Box::new((LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "http1.codec_error"), true)));
+        return Err(Box::new((
+            LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "http1.codec_error"),
+            true,
+        )));
     }
     let scheme = if conn.tls { "https" } else { "http" };
-    let uri = Uri::builder().scheme(scheme).authority(authority.as_str()).path_and_query(pq).build();
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_str())
+        .path_and_query(pq)
+        .build();
     match uri {
         Ok(uri) => parts.uri = uri,
-        Err(_) => return Err(Box::new((LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "invalid_authority"), true))),
+        Err(_) => {
+            return Err(Box::new((
+                LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "invalid_authority"),
+                true,
+            )))
+        }
     }
     strip_request_hop_by_hop(&mut parts.headers);
     mutate_request_headers(&mut parts.headers, &f.header_policy, conn.info.peer, scheme);
@@ -296,7 +389,11 @@ async fn run_head(
     encode_reply(resp, filters, decoded, cx, entry.as_deref()).await
 }
 
-fn lr_render(lr: Option<LocalReply>, cx: &mut StreamContext, entry: Option<&RouteEntry>) -> Response<Body> {
+fn lr_render(
+    lr: Option<LocalReply>,
+    cx: &mut StreamContext,
+    entry: Option<&RouteEntry>,
+) -> Response<Body> {
     let lr = lr.unwrap_or_default();
     cx.response_code_details = Some(lr.details.clone());
     local_reply::render(lr, entry, cx.is_grpc)
@@ -359,10 +456,20 @@ fn finish(
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     parts.version = Version::HTTP_11;
-    if let Some(c) = f.stats.downstream_rq_class.get(usize::from(parts.status.as_u16() / 100).wrapping_sub(1)) {
+    if let Some(c) = f
+        .stats
+        .downstream_rq_class
+        .get(usize::from(parts.status.as_u16() / 100).wrapping_sub(1))
+    {
         c.inc();
     }
-    let body = DownstreamBody { inner: body, watch, activity, _guard: guard, _keep: keep };
+    let body = DownstreamBody {
+        inner: body,
+        watch,
+        activity,
+        _guard: guard,
+        _keep: keep,
+    };
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -387,7 +494,10 @@ impl http_body::Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_frame(cx);
         match &res {
@@ -433,7 +543,10 @@ impl http_body::Body for DownstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some(w) = this.watch.as_mut() {
             if let Poll::Ready(a) = w.as_mut().poll(cx) {

@@ -304,37 +304,38 @@ impl AccessLog {
             .as_ref()
             .ok_or_else(|| ConfigError::new(&tpath, "typed_config is required"))?;
         let ty = cfg::any_type(any, &tpath)?;
-        let (sink, log_format, legacy) =
-            match ty.as_str() {
-                STDOUT => {
-                    let StdoutAccessLog { log_format } = cfg::decode_any(any, &tpath)?;
-                    (Sink::Stdout, log_format, None)
-                }
-                FILE => {
-                    let FileAccessLog {
-                        path: file,
-                        log_format,
-                        format,
-                    } = cfg::decode_any(any, &tpath)?;
-                    let f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&file)
-                        .map_err(|e| {
-                            ConfigError::new(
-                                format!("{tpath}.path"),
-                                format!("cannot open {file}: {e}"),
-                            )
-                        })?;
-                    (Sink::File(Mutex::new(f)), log_format, format)
-                }
-                other => return Err(ConfigError::new(
+        let (sink, log_format, legacy) = match ty.as_str() {
+            STDOUT => {
+                let StdoutAccessLog { log_format } = cfg::decode_any(any, &tpath)?;
+                (Sink::Stdout, log_format, None)
+            }
+            FILE => {
+                let FileAccessLog {
+                    path: file,
+                    log_format,
+                    format,
+                } = cfg::decode_any(any, &tpath)?;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&file)
+                    .map_err(|e| {
+                        ConfigError::new(
+                            format!("{tpath}.path"),
+                            format!("cannot open {file}: {e}"),
+                        )
+                    })?;
+                (Sink::File(Mutex::new(f)), log_format, format)
+            }
+            other => {
+                return Err(ConfigError::new(
                     format!("{tpath}.@type"),
                     format!(
                         "unsupported access logger {name} ({other}); supported: {STDOUT}, {FILE}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let fpath = format!("{tpath}.log_format");
         let text = match (log_format, legacy) {
             (Some(FormatString { text_format_source: Some(DataSource { inline_string }), text_format: None }), None) => inline_string,

@@ -207,7 +207,10 @@ async fn connect_and_run(
     let breakers = &cluster.circuit_breakers;
     let Ok(_connection) = breakers.connection() else {
         record.response_flags.push("UO");
-        tracing::debug!(conn = conn.id, "tcp_proxy: max_connections reached; closing");
+        tracing::debug!(
+            conn = conn.id,
+            "tcp_proxy: max_connections reached; closing"
+        );
         return;
     };
     let Ok(pending) = breakers.pending() else {

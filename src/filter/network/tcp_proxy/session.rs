@@ -23,12 +23,12 @@ use crate::filter::common::attributes::ConnectionInfo;
 use crate::filter::network::ext_proc::state::{Chunk, CloseKind, Direction};
 use crate::listener::Connection;
 use crate::stats::{Counter, GaugeGuard};
+use crate::transport_socket::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
-use crate::transport_socket::Stream;
 use tokio::time::Instant;
 
 /// How long a flush-close may take before the sockets are closed anyway (Envoy's default
