@@ -9,10 +9,9 @@ mod bad_input_support;
 mod http_support;
 
 use bad_input_support::{corpus, stricter_than_envoy, yaml, Case, RecordingUpstream};
-use http_support::{raw_http1, RawResponse};
+use http_support::{raw_http1, Pair, RawResponse};
 use std::net::SocketAddr;
 use std::time::Duration;
-use testenv::ProxyProcess;
 
 /// What one probe looked like through one proxy.
 #[derive(Debug, PartialEq)]
@@ -52,18 +51,12 @@ async fn the_malformed_request_corpus_behaves_like_envoy() {
     // A short delayed close keeps Envoy's refusals from waiting a second each.
     let e_yaml = yaml(e_up.addr, &["delayed_close_timeout: 0.1s"]);
     let x_yaml = yaml(x_up.addr, &["delayed_close_timeout: 0.1s"]);
-    let envoy = ProxyProcess::envoy(&e_yaml).await.expect("envoy");
-    let ours = ProxyProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
-        &x_yaml,
-        &[],
-    )
-    .await
-    .expect("extproxy");
-    let (e_addr, x_addr) = (
-        envoy.listener_addr("ingress").await,
-        ours.listener_addr("ingress").await,
-    );
+    let Pair {
+        envoy,
+        ours,
+        envoy_addr: e_addr,
+        ours_addr: x_addr,
+    } = Pair::start(&e_yaml, &x_yaml).await;
     let mut failures = Vec::new();
     for c in corpus() {
         let (mut e, x) = tokio::join!(probe(e_addr, &e_up, &c), probe(x_addr, &x_up, &c));

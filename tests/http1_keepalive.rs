@@ -9,10 +9,9 @@ mod bad_input_support;
 mod http_support;
 
 use bad_input_support::{yaml, RecordingUpstream};
-use http_support::TestProxy;
+use http_support::{Pair, TestProxy};
 use std::net::SocketAddr;
 use std::time::Duration;
-use testenv::ProxyProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -253,20 +252,12 @@ async fn keep_alive_and_idle_timeout_behave_like_envoy() {
     );
     // Short drain and delayed-close times keep Envoy's idle closes quick.
     let options = [IDLE, "drain_timeout: 0.2s", "delayed_close_timeout: 0.1s"];
-    let envoy = ProxyProcess::envoy(&yaml(e_up.addr, &options))
-        .await
-        .expect("envoy");
-    let ours = ProxyProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
-        &yaml(x_up.addr, &options),
-        &[],
-    )
-    .await
-    .expect("extproxy");
-    let (e_addr, x_addr) = (
-        envoy.listener_addr("ingress").await,
-        ours.listener_addr("ingress").await,
-    );
+    let Pair {
+        envoy,
+        ours,
+        envoy_addr: e_addr,
+        ours_addr: x_addr,
+    } = Pair::start(&yaml(e_up.addr, &options), &yaml(x_up.addr, &options)).await;
     let mut failures = Vec::new();
     for s in [
         Scenario::Pipelined,

@@ -5,9 +5,9 @@
 
 mod http_support;
 
-use http_support::{assert_same, observe, Observation, Upstreams};
+use http_support::{assert_same, observe, Observation, Pair, Upstreams};
 use std::time::Duration;
-use testenv::{HttpVersion, ProxyProcess, TestRequest};
+use testenv::{HttpVersion, TestRequest};
 
 /// One request to run through both proxies.
 struct Scenario {
@@ -105,18 +105,8 @@ fn scenarios() -> Vec<Scenario> {
 async fn basic_yaml_behaves_like_envoy() {
     let ups = Upstreams::start().await;
     let yaml = ups.basic_yaml("AUTO");
-    let envoy = ProxyProcess::envoy(&yaml).await.expect("envoy");
-    let ours = ProxyProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
-        &yaml,
-        &[],
-    )
-    .await
-    .expect("extproxy");
-    let (e_addr, x_addr) = (
-        envoy.listener_addr("ingress").await,
-        ours.listener_addr("ingress").await,
-    );
+    let pair = Pair::start(&yaml, &yaml).await;
+    let (e_addr, x_addr) = (pair.envoy_addr, pair.ours_addr);
     let mut failures = Vec::new();
     for s in scenarios() {
         let e: Observation = observe(e_addr, &ups.echo, &s.req, s.version).await;
@@ -139,18 +129,8 @@ async fn basic_yaml_behaves_like_envoy() {
 async fn trailers_behave_like_envoy() {
     let ups = Upstreams::start().await;
     let yaml = ups.basic_yaml("AUTO");
-    let envoy = ProxyProcess::envoy(&yaml).await.expect("envoy");
-    let ours = ProxyProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
-        &yaml,
-        &[],
-    )
-    .await
-    .expect("extproxy");
-    let (e_addr, x_addr) = (
-        envoy.listener_addr("ingress").await,
-        ours.listener_addr("ingress").await,
-    );
+    let pair = Pair::start(&yaml, &yaml).await;
+    let (e_addr, x_addr) = (pair.envoy_addr, pair.ours_addr);
     let mut failures = Vec::new();
     for version in [HttpVersion::Http1, HttpVersion::Http2] {
         for path in ["/t", "/h2/t"] {
@@ -181,18 +161,8 @@ async fn trailers_behave_like_envoy() {
 async fn malformed_http1_behaves_like_envoy() {
     let ups = Upstreams::start().await;
     let yaml = ups.basic_yaml("AUTO");
-    let envoy = ProxyProcess::envoy(&yaml).await.expect("envoy");
-    let ours = ProxyProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
-        &yaml,
-        &[],
-    )
-    .await
-    .expect("extproxy");
-    let (e_addr, x_addr) = (
-        envoy.listener_addr("ingress").await,
-        ours.listener_addr("ingress").await,
-    );
+    let pair = Pair::start(&yaml, &yaml).await;
+    let (e_addr, x_addr) = (pair.envoy_addr, pair.ours_addr);
     let big = format!(
         "GET /x HTTP/1.1\r\nHost: example.com\r\nx-big: {}\r\n\r\n",
         "a".repeat(70_000)

@@ -8,13 +8,45 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use testenv::{EchoHttpUpstream, HttpVersion, TestRequest, TestResponse};
+use testenv::{EchoHttpUpstream, HttpVersion, ProxyProcess, TestRequest, TestResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The YAML shared by the HCM tests (see the file for its routes).
 pub const BASIC_YAML: &str = include_str!("../http/basic.yaml");
+
+// === Envoy and extproxy side by side ===
+
+/// Envoy 1.40 and extproxy started as processes, each from its own YAML, and the address of
+/// each one's `ingress` listener: how every HTTP differential test begins.
+pub struct Pair {
+    pub envoy: ProxyProcess,
+    pub ours: ProxyProcess,
+    pub envoy_addr: SocketAddr,
+    pub ours_addr: SocketAddr,
+}
+
+impl Pair {
+    pub async fn start(envoy_yaml: &str, ours_yaml: &str) -> Pair {
+        let envoy = ProxyProcess::envoy(envoy_yaml).await.expect("envoy");
+        let ours = ProxyProcess::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_extproxy")),
+            ours_yaml,
+            &[],
+        )
+        .await
+        .expect("extproxy");
+        let envoy_addr = envoy.listener_addr("ingress").await;
+        let ours_addr = ours.listener_addr("ingress").await;
+        Pair {
+            envoy,
+            ours,
+            envoy_addr,
+            ours_addr,
+        }
+    }
+}
 
 // === In-process proxy ===
 
