@@ -167,11 +167,14 @@ impl Http1 {
     /// Records whether (and since when) a request head is being held, and tells the connection
     /// idle timer: a request has begun, so the connection is not idle.
     fn set_head_started(&mut self, at: Option<Instant>) {
-        self.head_started = at;
         let pending = at.is_some();
-        if self.streams.head_pending.swap(pending, Ordering::AcqRel) != pending {
+        // `head_pending` mirrors `head_started`, and only this connection writes it: the shared
+        // flag (and the waiters) are touched when it changes, not on every read.
+        if self.head_started.is_some() != pending {
+            self.streams.head_pending.store(pending, Ordering::Release);
             self.streams.changed.notify_waiters();
         }
+        self.head_started = at;
     }
 
     /// Refuses the request after the released bytes: counts it and keeps the reply for the
