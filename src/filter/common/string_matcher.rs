@@ -8,16 +8,35 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegexMatcherConfig {
-    /// The engine; only RE2 exists in Envoy 1.40 (an empty object).
-    pub google_re2: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The engine (deprecated in Envoy, and RE2 whether or not it is set).
+    pub google_re2: Option<GoogleRe2Config>,
     /// The expression, matched against the whole input (RE2 full match).
     pub regex: String,
+}
+
+/// `type.matcher.v3.RegexMatcher.GoogleRE2`: Envoy accepts it absent, `null` or `{}`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleRe2Config {
+    /// Envoy rejects a regex whose RE2 program size exceeds this; the `regex` crate has no
+    /// program size to compare, so a value is an error rather than a silently skipped check.
+    pub max_program_size: Option<serde_json::Value>,
 }
 
 impl RegexMatcherConfig {
     /// Compiles the expression anchored at both ends, as RE2 `FullMatch` does.
     pub fn compile(&self, path: &str) -> Result<regex::Regex, ConfigError> {
-        regex::Regex::new(&format!("^(?:{})$", self.regex))
+        let RegexMatcherConfig { google_re2, regex } = self;
+        if let Some(GoogleRe2Config {
+            max_program_size: Some(_),
+        }) = google_re2
+        {
+            return Err(ConfigError::new(
+                format!("{path}.google_re2.max_program_size"),
+                "max_program_size is not supported",
+            ));
+        }
+        regex::Regex::new(&format!("^(?:{regex})$"))
             .map_err(|e| ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}")))
     }
 }
@@ -186,5 +205,45 @@ mod tests {
         assert!(!r.matches("abcd"), "full match only");
         let err = StringMatcher::build(&StringMatcherConfig::default(), "p").unwrap_err();
         assert_eq!(err.path, "p");
+    }
+
+    fn regex(yaml: &str) -> Result<regex::Regex, ConfigError> {
+        let cfg: RegexMatcherConfig =
+            crate::config::decode(serde_yaml_ng::from_str(yaml).unwrap(), "m.safe_regex")?;
+        cfg.compile("m.safe_regex")
+    }
+
+    #[test]
+    fn google_re2_takes_the_forms_envoy_accepts() {
+        for yaml in [
+            "{regex: a+}",
+            "{regex: a+, google_re2: null}",
+            "{regex: a+, google_re2: {}}",
+            "{regex: a+, google_re2: {max_program_size: null}}",
+        ] {
+            let r = regex(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            assert!(r.is_match("aa") && !r.is_match("ab"), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn google_re2_errors_name_the_field() {
+        for (yaml, path) in [
+            // Envoy enforces it against RE2's program size, which the regex crate does not have.
+            (
+                "{regex: a+, google_re2: {max_program_size: 100}}",
+                "m.safe_regex.google_re2.max_program_size",
+            ),
+            // Envoy rejects these when parsing the config.
+            (
+                "{regex: a+, google_re2: {bogus: 1}}",
+                "m.safe_regex.google_re2.bogus",
+            ),
+            ("{regex: a+, google_re2: 5}", "m.safe_regex.google_re2"),
+            ("{regex: a+, google_re2: re2}", "m.safe_regex.google_re2"),
+        ] {
+            let err = regex(yaml).unwrap_err();
+            assert_eq!(err.path, path, "{yaml}: {err}");
+        }
     }
 }

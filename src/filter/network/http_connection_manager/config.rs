@@ -3,6 +3,7 @@
 
 use crate::config::core::HeaderValueOption;
 use crate::config::{Duration, RawAny};
+use crate::filter::common::string_matcher::{RegexMatcherConfig, StringMatcherConfig};
 use crate::proto_enum;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -276,22 +277,12 @@ pub struct RouteMatch {
     /// Exact path (query excluded).
     pub path: Option<String>,
     /// Full-match regex on the path (query excluded).
-    pub safe_regex: Option<RegexMatcher>,
+    pub safe_regex: Option<RegexMatcherConfig>,
     /// Case-sensitive `prefix` / `path` (default true).
     pub case_sensitive: Option<bool>,
     /// All must match.
     #[serde(default)]
     pub headers: Vec<HeaderMatcher>,
-}
-
-/// `type.matcher.v3.RegexMatcher`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegexMatcher {
-    /// RE2 syntax (the `regex` crate accepts the same language, without backreferences).
-    pub regex: String,
-    /// Accepted (the only engine).
-    pub google_re2: Option<serde_json::Value>,
 }
 
 /// `config.route.v3.HeaderMatcher`.
@@ -301,7 +292,7 @@ pub struct HeaderMatcher {
     /// Header name (pseudo-headers `:path`, `:method`, `:authority`, `:scheme` allowed).
     pub name: String,
     /// Match the value.
-    pub string_match: Option<StringMatcher>,
+    pub string_match: Option<StringMatcherConfig>,
     /// Header present (`true`) or absent (`false`).
     pub present_match: Option<bool>,
     /// Deprecated forms.
@@ -313,32 +304,13 @@ pub struct HeaderMatcher {
     /// Deprecated.
     pub contains_match: Option<String>,
     /// Deprecated.
-    pub safe_regex_match: Option<RegexMatcher>,
+    pub safe_regex_match: Option<RegexMatcherConfig>,
     /// Invert the result.
     #[serde(default)]
     pub invert_match: bool,
     /// A missing header matches as the empty string.
     #[serde(default)]
     pub treat_missing_header_as_empty: bool,
-}
-
-/// `type.matcher.v3.StringMatcher`.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct StringMatcher {
-    /// Exact.
-    pub exact: Option<String>,
-    /// Prefix.
-    pub prefix: Option<String>,
-    /// Suffix.
-    pub suffix: Option<String>,
-    /// Substring.
-    pub contains: Option<String>,
-    /// Full-match regex.
-    pub safe_regex: Option<RegexMatcher>,
-    /// Case-insensitive exact/prefix/suffix/contains.
-    #[serde(default)]
-    pub ignore_case: bool,
 }
 
 /// `config.route.v3.RouteAction`.

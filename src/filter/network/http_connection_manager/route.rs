@@ -4,10 +4,11 @@
 //! Built once from [`config::RouteConfiguration`]; matching is a pure function of the request's
 //! head ([`RequestView`]), so the router can match again after a filter cleared the route cache.
 
-use super::config::{self, HeaderMatcher, RegexMatcher, StringMatcher};
+use super::config::{self, HeaderMatcher};
 use crate::cluster::ClusterManager;
 use crate::config::core::{HeaderAppendAction, HeaderValueOption};
 use crate::config::ConfigError;
+use crate::filter::common::string_matcher::{StringMatcher, StringMatcherConfig};
 use crate::filter::http::{build_per_filter_config, PerFilterConfig, RouteInfo};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -214,96 +215,9 @@ fn literal_value(v: &[u8], path: &str) -> Result<Vec<u8>, ConfigError> {
 // === Matchers ===
 
 #[derive(Debug)]
-enum StringMatch {
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-    Contains(String),
-    Regex(regex::Regex),
-}
-
-#[derive(Debug)]
-struct CompiledStringMatcher {
-    kind: StringMatch,
-    ignore_case: bool,
-}
-
-impl CompiledStringMatcher {
-    fn build(m: &StringMatcher, path: &str) -> Result<Self, ConfigError> {
-        let StringMatcher {
-            exact,
-            prefix,
-            suffix,
-            contains,
-            safe_regex,
-            ignore_case,
-        } = m;
-        let lower = |s: &String| {
-            if *ignore_case {
-                s.to_ascii_lowercase()
-            } else {
-                s.clone()
-            }
-        };
-        let mut kinds = Vec::new();
-        if let Some(s) = exact {
-            kinds.push(StringMatch::Exact(lower(s)));
-        }
-        if let Some(s) = prefix {
-            kinds.push(StringMatch::Prefix(lower(s)));
-        }
-        if let Some(s) = suffix {
-            kinds.push(StringMatch::Suffix(lower(s)));
-        }
-        if let Some(s) = contains {
-            kinds.push(StringMatch::Contains(lower(s)));
-        }
-        if let Some(r) = safe_regex {
-            kinds.push(StringMatch::Regex(compile_regex(
-                r,
-                &format!("{path}.safe_regex"),
-            )?));
-        }
-        if kinds.len() != 1 {
-            return Err(ConfigError::new(
-                path,
-                "exactly one of exact, prefix, suffix, contains or safe_regex must be set",
-            ));
-        }
-        let kind = kinds.remove(0);
-        Ok(CompiledStringMatcher {
-            kind,
-            ignore_case: *ignore_case,
-        })
-    }
-
-    fn matches(&self, value: &str) -> bool {
-        let owned;
-        let v = if self.ignore_case && !matches!(self.kind, StringMatch::Regex(_)) {
-            owned = value.to_ascii_lowercase();
-            owned.as_str()
-        } else {
-            value
-        };
-        match &self.kind {
-            StringMatch::Exact(s) => v == s,
-            StringMatch::Prefix(s) => v.starts_with(s.as_str()),
-            StringMatch::Suffix(s) => v.ends_with(s.as_str()),
-            StringMatch::Contains(s) => v.contains(s.as_str()),
-            StringMatch::Regex(r) => r.is_match(v),
-        }
-    }
-}
-
-fn compile_regex(r: &RegexMatcher, path: &str) -> Result<regex::Regex, ConfigError> {
-    regex::Regex::new(&format!("^(?:{})$", r.regex))
-        .map_err(|e| ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}")))
-}
-
-#[derive(Debug)]
 enum HeaderMatchKind {
     Present(bool),
-    Value(CompiledStringMatcher),
+    Value(StringMatcher),
 }
 
 #[derive(Debug)]
@@ -330,7 +244,7 @@ impl CompiledHeaderMatcher {
         } = h;
         let mut kinds = Vec::new();
         if let Some(sm) = string_match {
-            kinds.push(HeaderMatchKind::Value(CompiledStringMatcher::build(
+            kinds.push(HeaderMatchKind::Value(StringMatcher::build(
                 sm,
                 &format!("{path}.string_match"),
             )?));
@@ -338,7 +252,7 @@ impl CompiledHeaderMatcher {
         if let Some(p) = present_match {
             kinds.push(HeaderMatchKind::Present(*p));
         }
-        let legacy = StringMatcher {
+        let legacy = StringMatcherConfig {
             exact: exact_match.clone(),
             prefix: prefix_match.clone(),
             suffix: suffix_match.clone(),
@@ -352,9 +266,7 @@ impl CompiledHeaderMatcher {
             || contains_match.is_some()
             || safe_regex_match.is_some()
         {
-            kinds.push(HeaderMatchKind::Value(CompiledStringMatcher::build(
-                &legacy, path,
-            )?));
+            kinds.push(HeaderMatchKind::Value(StringMatcher::build(&legacy, path)?));
         }
         let kind = match kinds.len() {
             0 => HeaderMatchKind::Present(true),
@@ -711,9 +623,7 @@ fn build_route(
     let path_match = match (prefix, exact, safe_regex) {
         (Some(p), None, None) => PathMatch::Prefix(p.clone()),
         (None, Some(p), None) => PathMatch::Exact(p.clone()),
-        (None, None, Some(r)) => {
-            PathMatch::Regex(compile_regex(r, &format!("{mpath}.safe_regex"))?)
-        }
+        (None, None, Some(r)) => PathMatch::Regex(r.compile(&format!("{mpath}.safe_regex"))?),
         _ => {
             return Err(ConfigError::new(
                 mpath,
@@ -1004,6 +914,26 @@ virtual_hosts:
         assert_eq!(headers["x-r"], "r");
         assert!(headers.get("x-gone").is_none());
         assert_eq!(r.rewrite_path("/old/x?y").as_deref(), Some("/new/x?y"));
+    }
+
+    #[test]
+    fn route_regexes_take_envoys_google_re2_forms() {
+        let vh = |m: &str| {
+            format!("virtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {m}, route: {{cluster: up}}}}]}}]")
+        };
+        let t = table(&vh("{safe_regex: {google_re2: {}, regex: /a+}, headers: [{name: x, safe_regex_match: {google_re2: null, regex: b}}]}")).unwrap();
+        assert!(pick(&t, "h", "/aa", &[("x", "b")]).is_some());
+        assert!(pick(&t, "h", "/aa", &[("x", "bb")]).is_none());
+        let err = table(&vh("{safe_regex: {google_re2: 5, regex: /a}}")).unwrap_err();
+        assert_eq!(
+            err.path,
+            "rc.virtual_hosts[0].routes[0].match.safe_regex.google_re2"
+        );
+        let err = table(&vh("{prefix: /, headers: [{name: x, string_match: {safe_regex: {google_re2: {max_program_size: 10}, regex: a}}}]}")).unwrap_err();
+        assert_eq!(
+            err.path,
+            "rc.virtual_hosts[0].routes[0].match.headers[0].string_match.safe_regex.google_re2.max_program_size"
+        );
     }
 
     #[test]
