@@ -10,7 +10,7 @@ use crate::config::{self as cfg, ConfigError};
 use crate::filter::network::{BuildContext, FilterChain};
 use crate::stats::{Counter, Gauge, GaugeGuard, Store};
 use crate::transport_socket::{self, tls::ServerTls, Stream};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -76,23 +76,7 @@ impl Listener {
         clusters: &Arc<crate::cluster::ClusterManager>,
         store: &Store,
     ) -> Result<(), ConfigError> {
-        let buffer_limit = l
-            .per_connection_buffer_limit_bytes
-            .map(|b| b as usize)
-            .unwrap_or(DEFAULT_BUFFER_LIMIT);
-        let ctx = BuildContext {
-            clusters,
-            stats: store,
-            buffer_limit,
-            listener_name: &l.name,
-        };
-        let Some(chain_cfg) = l.filter_chains.first() else {
-            return Err(ConfigError::new(
-                format!("{path}.filter_chains"),
-                "no filter chains specified",
-            ));
-        };
-        FilterChain::build(chain_cfg, &format!("{path}.filter_chains[0]"), &ctx)?;
+        let chain_cfg = build_chain(l, path, clusters, store)?.config;
         transport_socket::downstream(
             &chain_cfg.transport_socket,
             &format!("{path}.filter_chains[0].transport_socket"),
@@ -100,12 +84,7 @@ impl Listener {
             "listener.validate",
         )?;
         if let ResolvedAddress::Tcp { host, .. } = l.address.resolve(&format!("{path}.address"))? {
-            host.parse::<std::net::IpAddr>().map_err(|_| {
-                ConfigError::new(
-                    format!("{path}.address.socket_address.address"),
-                    format!("malformed IP address: {host}"),
-                )
-            })?;
+            parse_ip(&host, path)?;
         }
         Ok(())
     }
@@ -120,27 +99,15 @@ impl Listener {
         let cfg::Listener {
             name,
             address,
-            filter_chains,
-            per_connection_buffer_limit_bytes,
+            filter_chains: _,
+            per_connection_buffer_limit_bytes: _,
             stat_prefix,
         } = l;
-        let buffer_limit = per_connection_buffer_limit_bytes
-            .map(|b| b as usize)
-            .unwrap_or(DEFAULT_BUFFER_LIMIT);
-        let ctx = BuildContext {
-            clusters,
-            stats: store,
+        let BuiltChain {
+            chain,
+            config: chain_cfg,
             buffer_limit,
-            listener_name: name,
-        };
-        let Some(chain_cfg) = filter_chains.first() else {
-            return Err(ConfigError::new(
-                format!("{path}.filter_chains"),
-                "no filter chains specified",
-            )
-            .into());
-        };
-        let chain = FilterChain::build(chain_cfg, &format!("{path}.filter_chains[0]"), &ctx)?;
+        } = build_chain(l, path, clusters, store)?;
         let addr = address.resolve(&format!("{path}.address"))?;
         let ResolvedAddress::Tcp { host, port } = &addr else {
             return Err(ConfigError::new(
@@ -149,12 +116,7 @@ impl Listener {
             )
             .into());
         };
-        let ip: std::net::IpAddr = host.parse().map_err(|_| {
-            ConfigError::new(
-                format!("{path}.address.socket_address.address"),
-                format!("malformed IP address: {host}"),
-            )
-        })?;
+        let ip = parse_ip(host, path)?;
         let socket =
             bind_tcp(SocketAddr::new(ip, *port)).map_err(|e| crate::server::Error::Bind {
                 listener: name.clone(),
@@ -282,6 +244,63 @@ impl Listener {
             });
         }
     }
+}
+
+/// What [`Listener::validate`] and [`Listener::bind`] both build from a listener's config.
+struct BuiltChain<'a> {
+    /// The first filter chain (there is no filter chain matching).
+    chain: FilterChain,
+    /// Its config: the `transport_socket` is built once the stats scope is known.
+    config: &'a cfg::FilterChain,
+    /// `per_connection_buffer_limit_bytes`, or the default.
+    buffer_limit: usize,
+}
+
+/// Builds the listener's first filter chain with the listener's build context.
+fn build_chain<'a>(
+    l: &'a cfg::Listener,
+    path: &str,
+    clusters: &Arc<crate::cluster::ClusterManager>,
+    store: &Store,
+) -> Result<BuiltChain<'a>, ConfigError> {
+    let cfg::Listener {
+        name,
+        address: _,
+        filter_chains,
+        per_connection_buffer_limit_bytes,
+        stat_prefix: _,
+    } = l;
+    let buffer_limit = per_connection_buffer_limit_bytes
+        .map(|b| b as usize)
+        .unwrap_or(DEFAULT_BUFFER_LIMIT);
+    let ctx = BuildContext {
+        clusters,
+        stats: store,
+        buffer_limit,
+        listener_name: name,
+    };
+    let Some(config) = filter_chains.first() else {
+        return Err(ConfigError::new(
+            format!("{path}.filter_chains"),
+            "no filter chains specified",
+        ));
+    };
+    let chain = FilterChain::build(config, &format!("{path}.filter_chains[0]"), &ctx)?;
+    Ok(BuiltChain {
+        chain,
+        config,
+        buffer_limit,
+    })
+}
+
+/// The listener's address must be an IP literal (listeners do not resolve names).
+fn parse_ip(host: &str, path: &str) -> Result<IpAddr, ConfigError> {
+    host.parse().map_err(|_| {
+        ConfigError::new(
+            format!("{path}.address.socket_address.address"),
+            format!("malformed IP address: {host}"),
+        )
+    })
 }
 
 /// Binds with SO_REUSEADDR and Envoy's default backlog.
