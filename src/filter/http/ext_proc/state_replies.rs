@@ -104,19 +104,28 @@ impl Core {
                     details: "ext_proc_local_response".into(),
                     ..Default::default()
                 };
+                let mut status = None;
                 for (name, value) in proto_headers(h.headers) {
                     if name == ":status" {
-                        if let Some(code) = std::str::from_utf8(&value)
-                            .ok()
-                            .and_then(|v| v.parse::<u16>().ok())
-                        {
-                            reply.status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-                        }
+                        status = Some(value);
                     } else if let (Ok(k), Ok(v)) = (
                         http::header::HeaderName::from_bytes(name.as_bytes()),
                         http::HeaderValue::from_bytes(&value),
                     ) {
                         reply.headers.append(k, v);
+                    }
+                }
+                // As Envoy: a `:status` that is not a number of at least 200 fails the headers
+                // (a rejected mutation, then `status_on_error`); none at all is the HCM's 502.
+                match status.as_deref().map(streamed_status) {
+                    Some(Some(code)) => reply.status = code,
+                    Some(None) => {
+                        self.stats().rejected_header_mutations.inc();
+                        return Err(Failure::Mutation(MutationError::SetFailed));
+                    }
+                    None => {
+                        self.missing_status();
+                        return Ok(());
                     }
                 }
                 if h.end_of_stream {
@@ -161,6 +170,19 @@ impl Core {
             self.finish_local_response();
         }
         Ok(())
+    }
+
+    /// Streamed local-response headers without `:status`: Envoy's filter manager refuses them
+    /// with its own 502 (not counted as an ext_proc immediate response) and the stream ends.
+    fn missing_status(&mut self) {
+        self.done = true;
+        self.close();
+        self.stop_timer(Dir::Response);
+        self.out.push_back(Action::LocalReply(LocalReply::new(
+            StatusCode::BAD_GATEWAY,
+            "missing required header: :status",
+            "filter_removed_required_response_headers{missing_required_header:_:status}",
+        )));
     }
 
     /// The streamed local response is complete: processing ends.
@@ -550,6 +572,22 @@ impl Core {
         self.stats().immediate_responses_sent.inc();
         self.out.push_back(Action::LocalReply(reply));
     }
+}
+
+/// The status of a streamed local response: a number of at least 200, as Envoy's mutation
+/// checker wants. Envoy writes a number past 999 as is (an invalid status line, which HTTP/2
+/// clients refuse); `http` cannot carry one, so it becomes 200 as in an `ImmediateResponse`.
+fn streamed_status(value: &[u8]) -> Option<StatusCode> {
+    let code: u32 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    if code < 200 {
+        return None;
+    }
+    Some(
+        u16::try_from(code)
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK),
+    )
 }
 
 /// Lower-cased names and values (`raw_value`, else `value`) of a processor's header map.

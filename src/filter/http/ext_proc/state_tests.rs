@@ -710,24 +710,82 @@ fn streamed_immediate_response_is_streamed_with_trailers() {
     assert!(drain(&mut t.core).is_empty());
 }
 
-#[test]
-fn streamed_immediate_response_headers_only_is_one_reply() {
+/// Streamed local-response headers carrying only `:status` (or none when `None`).
+fn sir_status(status: Option<&str>, end_of_stream: bool) -> pb::ProcessingResponse {
     use pb::streamed_immediate_response::Response as Sir;
-    let mut t = t(Mode::default(), |_| {});
-    t.core.on_headers(Dir::Request, req_head(None), true);
-    drain(&mut t.core);
-    t.core.on_response(resp(Resp::StreamedImmediateResponse(
+    let headers = status.map(|s| core::HeaderMap {
+        headers: vec![core::HeaderValue {
+            key: ":status".into(),
+            value: String::new(),
+            raw_value: s.as_bytes().to_vec(),
+        }],
+    });
+    resp(Resp::StreamedImmediateResponse(
         pb::StreamedImmediateResponse {
             response: Some(Sir::HeadersResponse(pb::HttpHeaders {
-                end_of_stream: true,
+                headers,
+                end_of_stream,
                 ..Default::default()
             })),
         },
-    )));
+    ))
+}
+
+#[test]
+fn streamed_immediate_response_headers_only_is_one_reply() {
+    let mut t = t(Mode::default(), |_| {});
+    t.core.on_headers(Dir::Request, req_head(None), true);
+    drain(&mut t.core);
+    t.core.on_response(sir_status(Some("200"), true));
     assert_eq!(
         drain(&mut t.core),
         ["stop:req", "reply:200:ext_proc_local_response", "close"]
     );
+}
+
+/// As Envoy 1.40 (`tests/ext_proc_reply_status.rs`): `:status` must be a number of at least
+/// 200, else the headers fail with `status_on_error`; without one, the filter manager's 502.
+#[test]
+fn streamed_immediate_response_status_rules() {
+    let run = |status: Option<&str>| {
+        let mut t = t(Mode::default(), |p| {
+            p.status_on_error = StatusCode::SERVICE_UNAVAILABLE;
+        });
+        t.core.on_headers(Dir::Request, req_head(None), true);
+        drain(&mut t.core);
+        t.core.on_response(sir_status(status, false));
+        let out = drain(&mut t.core);
+        (
+            out,
+            t.stats.rejected_header_mutations.value(),
+            t.stats.immediate_responses_sent.value(),
+        )
+    };
+    for bad in ["100", "199", "abc", "", "-200"] {
+        let (out, rejected, immediate) = run(Some(bad));
+        assert_eq!(
+            out.last().map(String::as_str),
+            Some("reply:503:header_mutation_set_headers_failed"),
+            "{bad:?}"
+        );
+        assert_eq!((rejected, immediate), (1, 1), "{bad:?}");
+    }
+    let (out, rejected, immediate) = run(None);
+    assert_eq!(
+        out.last().map(String::as_str),
+        Some(
+            "reply:502:filter_removed_required_response_headers{missing_required_header:_:status}"
+        )
+    );
+    assert_eq!((rejected, immediate), (0, 0));
+    for (ok, code) in [("200", 200), ("999", 999), ("1000", 200)] {
+        let (out, _, _) = run(Some(ok));
+        assert_eq!(
+            out.last().map(String::as_str),
+            Some(format!("stream:{code}:ext_proc_local_response").as_str()),
+            "{ok}"
+        );
+    }
 }
 
 /// Found by `fuzz/fuzz_targets/http_ext_proc_state.rs`: the side stream ending (OK, or an
@@ -735,16 +793,11 @@ fn streamed_immediate_response_headers_only_is_one_reply() {
 /// headers upstream and left the local reply's body open. It is now reset.
 #[test]
 fn side_stream_end_during_streamed_immediate_response_resets_it() {
-    use pb::streamed_immediate_response::Response as Sir;
     let start = |fail_open: bool| {
         let mut t = t_open(Mode::default(), fail_open, |_| {});
         t.core.on_headers(Dir::Request, req_head(None), false);
         drain(&mut t.core);
-        t.core.on_response(resp(Resp::StreamedImmediateResponse(
-            pb::StreamedImmediateResponse {
-                response: Some(Sir::HeadersResponse(pb::HttpHeaders::default())),
-            },
-        )));
+        t.core.on_response(sir_status(Some("200"), false));
         assert_eq!(
             drain(&mut t.core),
             ["stop:req", "stream:200:ext_proc_local_response"]
