@@ -29,9 +29,22 @@ struct ExplicitHttpConfig {
     http2_protocol_options: Option<Http2ProtocolOptions>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `config.core.v3.Http1ProtocolOptions` (the accepted subset).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Http1ProtocolOptions {}
+struct Http1ProtocolOptions {
+    /// Send request trailers and read response trailers (otherwise both are dropped, as by
+    /// Envoy's HTTP/1 codec).
+    #[serde(default)]
+    enable_trailers: bool,
+}
+
+/// What a cluster's HTTP/1.1 connections do beyond the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Http1Settings {
+    /// `http_protocol_options.enable_trailers`.
+    pub enable_trailers: bool,
+}
 
 /// `config.core.v3.Http2ProtocolOptions`: accepted window and stream settings.
 #[derive(Debug, Deserialize)]
@@ -46,12 +59,13 @@ pub struct Http2ProtocolOptions {
 }
 
 /// Reads the protocol from `typed_extension_protocol_options` (or the deprecated
-/// `http2_protocol_options` cluster field).
+/// `http2_protocol_options` cluster field), with the HTTP/1.1 settings.
 pub fn protocol(
     options: &BTreeMap<String, RawAny>,
     legacy_http2: &Option<serde_json::Value>,
     path: &str,
-) -> Result<UpstreamProtocol, ConfigError> {
+) -> Result<(UpstreamProtocol, Http1Settings), ConfigError> {
+    let mut http1 = Http1Settings::default();
     let mut protocol = if legacy_http2.is_some() {
         UpstreamProtocol::Http2
     } else {
@@ -71,8 +85,10 @@ pub fn protocol(
             Some(ExplicitHttpConfig { http2_protocol_options: Some(_), http_protocol_options: None }) => {
                 protocol = UpstreamProtocol::Http2;
             }
-            Some(ExplicitHttpConfig { http_protocol_options: Some(_), http2_protocol_options: None }) => {
+            Some(ExplicitHttpConfig { http_protocol_options: Some(o), http2_protocol_options: None }) => {
+                let Http1ProtocolOptions { enable_trailers } = o;
                 protocol = UpstreamProtocol::Http1;
+                http1 = Http1Settings { enable_trailers };
             }
             Some(_) => {
                 return Err(ConfigError::new(
@@ -88,5 +104,5 @@ pub fn protocol(
             }
         }
     }
-    Ok(protocol)
+    Ok((protocol, http1))
 }

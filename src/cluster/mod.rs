@@ -93,6 +93,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Protocol spoken to the endpoints (HTTP/1.1 unless HTTP/2 is configured).
     pub protocol: UpstreamProtocol,
+    /// HTTP/1.1 options (`explicit_http_config.http_protocol_options`).
+    pub http1: config::Http1Settings,
     /// Soft limit on each upstream connection's buffers.
     pub buffer_limit: usize,
     /// Stats under `cluster.<name>.`.
@@ -167,7 +169,7 @@ impl Cluster {
                 }
             }
         }
-        let protocol = config::protocol(
+        let (protocol, http1) = config::protocol(
             typed_extension_protocol_options,
             http2_protocol_options,
             path,
@@ -190,6 +192,7 @@ impl Cluster {
                 .map(|d| d.get())
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             protocol,
+            http1,
             buffer_limit: per_connection_buffer_limit_bytes
                 .map(|b| b as usize)
                 .unwrap_or(DEFAULT_BUFFER_LIMIT),

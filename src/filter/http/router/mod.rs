@@ -6,6 +6,7 @@
 //!
 //! Bodies stream both ways without buffering; hyper's flow control gives backpressure.
 
+pub mod http1_trailers;
 pub mod pool;
 
 use crate::cluster::UpstreamProtocol;
@@ -254,7 +255,7 @@ impl Router {
             );
         }
         route.apply_response_headers(&mut parts.headers);
-        let body = pool::UpstreamBody::new(body, checkout, deadline, pool.stats.timeout.clone());
+        let body = pool::UpstreamBody::new(body, checkout, deadline, pool);
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 

@@ -9,12 +9,14 @@
 //! ends; the pool itself takes a `max_connection_pools` unit on first use. Overflow is the
 //! router's `503 ... reset reason: overflow` with `x-envoy-overloaded`.
 
+use super::http1_trailers::{Current, Slot, TrailerIo, TrailerTap};
 use crate::cluster::circuit_breaker::{Overflow, ResourceGuard};
 use crate::cluster::{Cluster, ConnectError, UpstreamProtocol};
 use crate::filter::http::{Body, BoxError};
 use crate::stats::{Counter, GaugeGuard, Store};
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -148,17 +150,26 @@ pub struct Pool {
 #[derive(Debug)]
 enum Kind {
     /// Idle HTTP/1.1 connections, most recently used last.
-    Http1(Mutex<Vec<http1::SendRequest<Body>>>),
+    Http1(Mutex<Vec<Http1Conn>>),
     /// The shared HTTP/2 connection; the async mutex makes concurrent first requests share one
     /// connect.
     Http2(tokio::sync::Mutex<Option<http2::SendRequest<Body>>>),
+}
+
+/// An HTTP/1.1 connection of the pool.
+#[derive(Debug)]
+struct Http1Conn {
+    sender: http1::SendRequest<Body>,
+    /// With `enable_trailers`: where the connection's writer finds the current request's
+    /// trailers.
+    trailers: Option<Current>,
 }
 
 /// What an active request holds until its response ends: its `max_requests` unit and, for
 /// HTTP/1.1, the connection, which goes back to the pool when the response body ends.
 #[derive(Debug)]
 pub struct Checkout {
-    sender: Option<http1::SendRequest<Body>>,
+    sender: Option<Http1Conn>,
     pool: Arc<Pool>,
     _request: ResourceGuard,
 }
@@ -220,12 +231,19 @@ impl Pool {
         let breakers = &self.cluster.circuit_breakers;
         match &self.kind {
             Kind::Http1(_) => {
-                let mut req = req;
+                // With `enable_trailers` the body hands its trailers to the connection's writer.
+                let slot: Option<Slot> = self.cluster.http1.enable_trailers.then(Slot::default);
+                let mut req = match &slot {
+                    Some(s) if !req.body().is_end_stream() => {
+                        req.map(|b| TrailerTap::new(b, s.clone()).boxed_unsync())
+                    }
+                    _ => req,
+                };
                 let mut counted = false;
                 // A reused connection may have been closed by the upstream just now; hyper then
                 // hands the request back unsent, and it is safe to retry on a new connection.
                 loop {
-                    let (mut sender, fresh) = match self.pop_idle().await {
+                    let (mut conn, fresh) = match self.pop_idle().await {
                         Some(s) => (s, false),
                         None => {
                             let _pending = breakers.pending()?;
@@ -235,18 +253,21 @@ impl Pool {
                     let request = match breakers.request() {
                         Ok(r) => r,
                         Err(o) => {
-                            self.make_idle(sender);
+                            self.make_idle(conn);
                             return Err(o.into());
                         }
                     };
+                    if let Some(current) = &conn.trailers {
+                        *current.lock().unwrap_or_else(|e| e.into_inner()) = slot.clone();
+                    }
                     if !counted {
                         counted = true;
                         self.cluster.stats.upstream_rq_total.inc();
                     }
-                    match sender.try_send_request(req).await {
+                    match conn.sender.try_send_request(req).await {
                         Ok(resp) => {
                             let checkout = Checkout {
-                                sender: Some(sender),
+                                sender: Some(conn),
                                 pool: self.clone(),
                                 _request: request,
                             };
@@ -314,31 +335,31 @@ impl Pool {
     }
 
     /// Puts an HTTP/1.1 connection back for the next request.
-    fn make_idle(&self, sender: http1::SendRequest<Body>) {
+    fn make_idle(&self, conn: Http1Conn) {
         if let Kind::Http1(idle) = &self.kind {
-            if !sender.is_closed() {
-                idle.lock().unwrap_or_else(|e| e.into_inner()).push(sender);
+            if !conn.sender.is_closed() {
+                idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
                 self.available.notify_one();
             }
         }
     }
 
     /// An idle HTTP/1.1 connection that is still usable.
-    async fn pop_idle(&self) -> Option<http1::SendRequest<Body>> {
+    async fn pop_idle(&self) -> Option<Http1Conn> {
         let Kind::Http1(idle) = &self.kind else {
             return None;
         };
         loop {
-            let mut s = idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if !s.is_closed() && s.ready().await.is_ok() {
-                return Some(s);
+            let mut c = idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if !c.sender.is_closed() && c.sender.ready().await.is_ok() {
+                return Some(c);
             }
         }
     }
 
     /// A connection for a pending HTTP/1.1 request: a new one while `max_connections` allows
     /// (or the pool has none), otherwise the next one to go idle. `true` = freshly connected.
-    async fn wait_http1(&self) -> Result<(http1::SendRequest<Body>, bool), UpstreamError> {
+    async fn wait_http1(&self) -> Result<(Http1Conn, bool), UpstreamError> {
         let mut counted_overflow = false;
         loop {
             let notified = self.available.notified();
@@ -385,22 +406,44 @@ impl Pool {
         })
     }
 
-    async fn connect_http1(
-        &self,
-        slot: ConnectionSlot,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    async fn connect_http1(&self, slot: ConnectionSlot) -> Result<Http1Conn, UpstreamError> {
         let io = self.connect().await?;
+        if !self.cluster.http1.enable_trailers {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::from_hyper(&e))?;
+            self.spawn_connection(slot, conn);
+            return Ok(Http1Conn {
+                sender,
+                trailers: None,
+            });
+        }
+        let current = Current::default();
+        let io = TokioIo::new(TrailerIo::new(io.into_inner(), current.clone()));
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|e| UpstreamError::from_hyper(&e))?;
+        self.spawn_connection(slot, conn);
+        Ok(Http1Conn {
+            sender,
+            trailers: Some(current),
+        })
+    }
+
+    /// Runs a connection's I/O until it closes, holding its `max_connections` unit.
+    fn spawn_connection(
+        &self,
+        slot: ConnectionSlot,
+        conn: impl std::future::Future + Send + 'static,
+    ) {
         let active = self.cluster.stats.upstream_cx_active.clone();
         tokio::spawn(async move {
             let _active = GaugeGuard::new(&active);
             let _slot = slot;
             let _ = conn.await;
         });
-        Ok(sender)
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
@@ -419,12 +462,7 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(|e| UpstreamError::from_hyper(&e))?;
-        let active = self.cluster.stats.upstream_cx_active.clone();
-        tokio::spawn(async move {
-            let _active = GaugeGuard::new(&active);
-            let _slot = slot;
-            let _ = conn.await;
-        });
+        self.spawn_connection(slot, conn);
         Ok(sender)
     }
 }
@@ -453,6 +491,9 @@ pub struct UpstreamBody {
     checkout: Option<Checkout>,
     deadline: Deadline,
     timeout_stat: Option<Counter>,
+    /// HTTP/1.1 without `enable_trailers`: the response trailers are dropped, as Envoy's
+    /// HTTP/1 codec ignores them.
+    drop_trailers: bool,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -462,13 +503,15 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// Wraps an upstream response body.
+    /// Wraps an upstream response body from `pool`.
     pub fn new(
         inner: Incoming,
         checkout: Option<Checkout>,
         deadline: Deadline,
-        timeout_stat: Counter,
+        pool: &Pool,
     ) -> Self {
+        let drop_trailers =
+            pool.protocol() == UpstreamProtocol::Http1 && !pool.cluster.http1.enable_trailers;
         let mut checkout = checkout;
         // An empty body may never be polled: the connection is free as soon as the head is in.
         if http_body::Body::is_end_stream(&inner) {
@@ -480,7 +523,8 @@ impl UpstreamBody {
             inner,
             checkout,
             deadline,
-            timeout_stat: Some(timeout_stat),
+            timeout_stat: Some(pool.stats.timeout.clone()),
+            drop_trailers,
         }
     }
 }
@@ -520,6 +564,14 @@ impl http_body::Body for UpstreamBody {
             Poll::Ready(Some(Err(e))) => {
                 this.checkout = None;
                 Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() && this.drop_trailers => {
+                // Trailers are the last frame: the body ends here.
+                this.deadline = None;
+                if let Some(c) = this.checkout.take() {
+                    c.release();
+                }
+                Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(f))) => {
                 if this.inner.is_end_stream() {

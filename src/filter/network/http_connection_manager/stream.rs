@@ -189,6 +189,7 @@ pub(super) async fn handle(
     let body = RequestBody {
         inner: body,
         activity: activity.clone(),
+        drop_trailers: !conn.is_h2,
     };
     let body = if body.inner.is_end_stream() {
         activity.request_done.store(true, Ordering::Release);
@@ -488,6 +489,9 @@ pub(super) enum ServerHeader {
 struct RequestBody {
     inner: Incoming,
     activity: Arc<Activity>,
+    /// HTTP/1.1: the trailers are dropped, as Envoy's HTTP/1 codec ignores them without
+    /// `http_protocol_options.enable_trailers` (which extproxy does not accept).
+    drop_trailers: bool,
 }
 
 impl http_body::Body for RequestBody {
@@ -499,7 +503,12 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut res = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.drop_trailers && matches!(&res, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
+            // Trailers are the last frame: the body ends here.
+            this.activity.touch();
+            res = Poll::Ready(None);
+        }
         match &res {
             Poll::Ready(None) => this.activity.request_done.store(true, Ordering::Release),
             Poll::Ready(Some(Ok(frame))) => {
