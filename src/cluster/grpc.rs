@@ -10,6 +10,7 @@
 //! with Envoy's answer, `UNAVAILABLE: upstream connect error or disconnect/reset before headers.
 //! reset reason: overflow`, which the ext_proc filters treat as any stream error.
 
+use super::batched_writes::BatchedWrites;
 use super::circuit_breaker::{CircuitBreakers, ResourceGuard};
 use super::{Cluster, UpstreamProtocol};
 use crate::config::core::ResolvedAddress;
@@ -136,22 +137,26 @@ fn channel(
         .max_frame_size(Some(256 * 1024))
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(false);
+    // Every connection goes through `BatchedWrites`: the frames of all streams that run
+    // between two passes of h2's connection task go out in one write.
     Ok(match (addr, tls) {
-        (ResolvedAddress::Tcp { .. }, None) => endpoint.connect_lazy(),
-        (ResolvedAddress::Tcp { host, port }, Some(tls)) => {
-            let (host, port, tls) = (host.clone(), *port, tls.clone());
+        (ResolvedAddress::Tcp { host, port }, tls) => {
+            let (host, port, tls) = (host.clone(), *port, tls.cloned());
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                 let (host, tls) = (host.clone(), tls.clone());
                 async move {
                     let connect = async {
                         let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
                         let _ = tcp.set_nodelay(true);
-                        tls.connect(tcp).await
+                        match tls {
+                            Some(tls) => Ok(Stream::client_tls(tls.connect(tcp).await?)),
+                            None => Ok::<_, std::io::Error>(Stream::Plain(tcp)),
+                        }
                     };
                     let s = tokio::time::timeout(connect_timeout, connect)
                         .await
                         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-                    Ok::<_, std::io::Error>(TokioIo::new(Stream::client_tls(s)))
+                    Ok::<_, std::io::Error>(TokioIo::new(BatchedWrites::new(s)))
                 }
             }))
         }
@@ -168,7 +173,7 @@ fn channel(
                 async move {
                     tokio::net::UnixStream::connect(path)
                         .await
-                        .map(TokioIo::new)
+                        .map(|s| TokioIo::new(BatchedWrites::new(s)))
                 }
             }))
         }
