@@ -33,6 +33,8 @@ use crate::pb::envoy::service::network_ext_proc::v3::network_external_processor_
 use crate::stream::{Stats, StatsSnapshot};
 use crate::{HttpProcessor, NetworkProcessor};
 
+/// The largest HTTP/2 frame the server accepts (`SETTINGS_MAX_FRAME_SIZE`).
+pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
 /// gRPC service name of HTTP ext_proc (also its health-check name).
 pub const HTTP_SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
 /// gRPC service name of network ext_proc (also its health-check name).
@@ -324,7 +326,9 @@ impl Server {
                 .set_service_status(name, ServingStatus::Serving)
                 .await;
         }
-        let mut builder = tonic::transport::Server::builder();
+        // Frames of up to 256 KiB (h2's default is 16 KiB): a proxy that sends large body
+        // chunks (extproxy does) sends them in a few frames, so a few writes and reads each.
+        let mut builder = tonic::transport::Server::builder().max_frame_size(MAX_FRAME_SIZE);
         if let Some(tls) = &tls {
             builder = builder
                 .tls_config(tls.to_tonic())

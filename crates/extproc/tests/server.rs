@@ -352,3 +352,30 @@ async fn serve_without_processor_is_an_error() {
         .expect_err("nothing to serve");
     assert!(matches!(err, extproc::ServeError::NoProcessor));
 }
+
+/// The server offers 256 KiB HTTP/2 frames, so a proxy's large body chunks need few frames.
+#[tokio::test]
+async fn server_offers_large_http2_frames() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = spawn(Server::new().http(AddHeaders::default)).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr())
+        .await
+        .expect("connect");
+    // Client preface and an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    // The server's first frame is its SETTINGS: 9-byte header, then 6-byte entries.
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.expect("settings header");
+    assert_eq!(head[3], 0x4, "first frame is SETTINGS");
+    let len = usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.expect("settings body");
+    let max_frame = body.chunks(6).find_map(|e| {
+        (u16::from_be_bytes([e[0], e[1]]) == 0x5)
+            .then(|| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+    });
+    assert_eq!(max_frame, Some(extproc::server::MAX_FRAME_SIZE));
+    assert_eq!(extproc::server::MAX_FRAME_SIZE, 256 * 1024);
+}
