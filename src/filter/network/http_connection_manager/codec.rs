@@ -17,7 +17,9 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// What the first read must start with for AUTO to pick HTTP/2: Envoy's `CLIENT_MAGIC_PREFIX`,
+/// the part of the preface that tells it from an HTTP/1.1 request line.
+const H2_MAGIC_PREFIX: &[u8] = b"PRI * HTTP/2";
 
 /// Streams the client may reset before the server accepted them, then GOAWAY
 /// `ENHANCE_YOUR_CALM` (h2's default; the rapid-reset mitigation).
@@ -25,24 +27,19 @@ const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// Streams the codec may reset for protocol errors before GOAWAY (h2's default).
 const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
-/// Reads until the bytes either diverge from the HTTP/2 preface or complete it. Returns
+/// Picks the codec from the connection's first read, as Envoy does: HTTP/2 if it starts with
+/// [`H2_MAGIC_PREFIX`], HTTP/1.1 otherwise, even if it is the start of the preface. Returns
 /// `(is_h2, bytes read)`, or `None` if the peer closed first.
 async fn sniff(stream: &mut Stream) -> io::Result<Option<(bool, Bytes)>> {
     let mut buf = [0u8; 24];
-    let mut n = 0;
-    loop {
-        let r = stream.read(&mut buf[n..]).await?;
-        if r == 0 {
-            return Ok(None);
-        }
-        n += r;
-        if buf[..n] != H2_PREFACE[..n] {
-            return Ok(Some((false, Bytes::copy_from_slice(&buf[..n]))));
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(Some((true, Bytes::copy_from_slice(&buf[..n]))));
-        }
+    let n = stream.read(&mut buf).await?;
+    if n == 0 {
+        return Ok(None);
     }
+    Ok(Some((
+        buf[..n].starts_with(H2_MAGIC_PREFIX),
+        Bytes::copy_from_slice(&buf[..n]),
+    )))
 }
 
 /// Resolves once the connection has had no open stream, and no request head arriving, for
@@ -72,12 +69,19 @@ async fn idle_watch(streams: Arc<OpenStreams>, idle: Option<Duration>) {
 }
 
 /// Drives a hyper connection until it ends; drains it gracefully on shutdown or idle timeout.
+/// After an idle timeout, a connection that still has not ended after `drain_timeout` and has
+/// no stream is closed, as Envoy closes it when its drain timer fires (hyper's HTTP/2 server
+/// would otherwise wait for a client that stalls inside the preface).
 macro_rules! drive {
     ($conn:expr, $shutdown:expr, $streams:expr, $filter:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
-        let idle = idle_watch($streams, $filter.idle_timeout);
+        let streams: Arc<OpenStreams> = $streams;
+        let idle = idle_watch(streams.clone(), $filter.idle_timeout);
         tokio::pin!(idle);
+        let cut = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(cut);
+        let mut cut_armed = false;
         let mut draining = false;
         loop {
             tokio::select! {
@@ -95,6 +99,14 @@ macro_rules! drive {
                     draining = true;
                     $filter.stats.downstream_cx_idle_timeout.inc();
                     conn.as_mut().graceful_shutdown();
+                    cut.as_mut().reset(tokio::time::Instant::now() + $filter.drain_timeout);
+                    cut_armed = true;
+                }
+                _ = &mut cut, if cut_armed => {
+                    cut_armed = false;
+                    if streams.idle() {
+                        break;
+                    }
                 }
             }
         }

@@ -345,6 +345,12 @@ impl Guard {
                 && v[7].is_ascii_digit()
                 && v != b"HTTP/1.1"
             {
+                // Envoy's parser checks the method first: `PRI * HTTP/2.0` (an HTTP/2 preface
+                // on the HTTP/1 codec) is a 400, `GET / HTTP/2.0` a 426.
+                let method = first.split(|b| *b == b' ').next().unwrap_or_default();
+                if !METHODS.iter().any(|m| m.as_bytes() == method) {
+                    return Err(Reject::BadRequest("http1.codec_error"));
+                }
                 return Err(Reject::UpgradeRequired);
             }
         }

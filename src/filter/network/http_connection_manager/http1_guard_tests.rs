@@ -78,6 +78,7 @@ fn smuggling_shapes_are_refused() {
         (b"FOO / HTTP/1.1\r\nHost: a\r\n\r\n", Reject::BadRequest("http1.codec_error")),
         (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", Reject::UpgradeRequired),
         (b"GET / HTTP/1.0\r\nHost: a\r\n\r\n", Reject::UpgradeRequired),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Reject::BadRequest("http1.codec_error")),
         (b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n", Reject::BadRequest("http1.invalid_characters")),
         (b"GET /x#frag HTTP/1.1\r\nHost: a\r\n\r\n", Reject::PathFragment),
         // The second, pipelined request is the smuggled one.

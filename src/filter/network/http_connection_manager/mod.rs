@@ -48,6 +48,8 @@ pub const TYPE: &str =
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Envoy's default connection `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default `drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Counters and gauges under `http.<stat_prefix>.`.
 #[derive(Debug)]
@@ -231,6 +233,9 @@ pub struct Filter {
     request_headers_timeout: Option<Duration>,
     stream_idle_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    /// How long a connection drained by the idle timeout may take to end (the server's
+    /// `--drain-time-s` applies on shutdown).
+    drain_timeout: Duration,
     max_request_headers_bytes: usize,
     max_headers_count: usize,
     /// `http_protocol_options.allow_chunked_length`.
@@ -279,7 +284,7 @@ pub fn build(
         server_name,
         server_header_transformation,
         access_log,
-        drain_timeout: _,         // the server's --drain-time-s applies
+        drain_timeout,
         delayed_close_timeout: _, // connections close right after the last write
     } = hcm;
     if stat_prefix.is_empty() {
@@ -451,6 +456,9 @@ pub fn build(
         request_headers_timeout: opt_timeout(request_headers_timeout, None),
         stream_idle_timeout: opt_timeout(stream_idle_timeout, Some(DEFAULT_STREAM_IDLE_TIMEOUT)),
         idle_timeout,
+        drain_timeout: drain_timeout
+            .map(|d| d.get())
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
         max_request_headers_bytes: max_kb as usize * 1024,
         max_headers_count,
         allow_chunked_length,
