@@ -190,3 +190,107 @@ async fn quitquitquit_stops_the_process() {
     }
     ours.kill();
 }
+
+/// `ADMIN_AND_CLUSTER` with `up` speaking HTTP/2 (so it can be an ext_proc gRPC service) and an
+/// HTTP listener whose route match and ext_proc filter config are the given YAML flow maps.
+fn http_listener(route_match: &str, ext_proc: &str) -> String {
+    let cluster = ADMIN_AND_CLUSTER.replace(
+        "    type: STATIC\n",
+        "    type: STATIC\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n",
+    );
+    format!(
+        r#"{cluster}  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: h
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              routes: [{{match: {route_match}, route: {{cluster: up}}}}]
+          http_filters:
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service: {{envoy_grpc: {{cluster_name: up}}}}
+              {ext_proc}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    )
+}
+
+#[test]
+fn empty_regex_is_rejected_like_envoy_wherever_a_regex_is_taken() {
+    let dir = TempDir::new("cli").unwrap();
+    let envoy = envoy_binary();
+    let hcm = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+    let route = format!("{hcm}.route_config.virtual_hosts[0].routes[0].match");
+    let ext_proc = format!("{hcm}.http_filters[0].typed_config");
+    let cases = [
+        (
+            "{safe_regex: {regex: R}}".to_string(),
+            "",
+            format!("{route}.safe_regex.regex"),
+        ),
+        (
+            "{prefix: /, headers: [{name: x, string_match: {safe_regex: {regex: R}}}]}".into(),
+            "",
+            format!("{route}.headers[0].string_match.safe_regex.regex"),
+        ),
+        (
+            "{prefix: /}".into(),
+            "mutation_rules: {allow_expression: {regex: R}}",
+            format!("{ext_proc}.mutation_rules.allow_expression.regex"),
+        ),
+        (
+            "{prefix: /}".into(),
+            "mutation_rules: {disallow_expression: {regex: R}}",
+            format!("{ext_proc}.mutation_rules.disallow_expression.regex"),
+        ),
+        (
+            "{prefix: /}".into(),
+            "forward_rules: {allowed_headers: {patterns: [{safe_regex: {regex: R}}]}}",
+            format!("{ext_proc}.forward_rules.allowed_headers.patterns[0].safe_regex.regex"),
+        ),
+    ];
+    for (i, (route_match, ext_proc, path)) in cases.iter().enumerate() {
+        // With a one-character regex the same file is valid for both proxies.
+        let ok = http_listener(&route_match.replace('R', "a"), &ext_proc.replace('R', "a"));
+        let ok = write(&dir, &format!("ok{i}.yaml"), &ok);
+        for bin in [envoy.to_str().unwrap(), EXTPROXY] {
+            let r = run(bin, &["--mode", "validate", "-c", &ok, "-l", "error"]);
+            assert_eq!(r.code, Some(0), "{bin} {path}: {}", r.stderr);
+        }
+        let bad = http_listener(
+            &route_match.replace('R', "''"),
+            &ext_proc.replace('R', "''"),
+        );
+        let bad = write(&dir, &format!("bad{i}.yaml"), &bad);
+        let r = run(
+            envoy.to_str().unwrap(),
+            &["--mode", "validate", "-c", &bad, "-l", "error"],
+        );
+        assert_ne!(r.code, Some(0), "envoy accepted {path}: {}", r.stdout);
+        assert!(
+            r.stderr
+                .contains("value length must be at least 1 characters"),
+            "envoy {path}: {}",
+            r.stderr
+        );
+        let r = run(EXTPROXY, &["--mode", "validate", "-c", &bad]);
+        assert_ne!(r.code, Some(0), "extproxy accepted {path}: {}", r.stdout);
+        assert!(
+            r.stderr.contains(&format!(
+                "{path}: value length must be at least 1 characters"
+            )),
+            "extproxy {path}: {}",
+            r.stderr
+        );
+    }
+}

@@ -10,7 +10,9 @@ use serde::Deserialize;
 pub struct RegexMatcherConfig {
     /// The engine (deprecated in Envoy, and RE2 whether or not it is set).
     pub google_re2: Option<GoogleRe2Config>,
-    /// The expression, matched against the whole input (RE2 full match).
+    /// The expression, matched against the whole input (RE2 full match). Absent is the proto
+    /// default `""`, which fails the same non-empty check as an explicit `""`.
+    #[serde(default)]
     pub regex: String,
 }
 
@@ -34,6 +36,13 @@ impl RegexMatcherConfig {
             return Err(ConfigError::new(
                 format!("{path}.google_re2.max_program_size"),
                 "max_program_size is not supported",
+            ));
+        }
+        // Envoy's proto validation (`min_len: 1`) rejects it before any engine sees it.
+        if regex.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.regex"),
+                "value length must be at least 1 characters",
             ));
         }
         regex::Regex::new(&format!("^(?:{regex})$"))
@@ -245,5 +254,23 @@ mod tests {
             let err = regex(yaml).unwrap_err();
             assert_eq!(err.path, path, "{yaml}: {err}");
         }
+    }
+
+    #[test]
+    fn empty_regex_is_an_error_naming_the_field() {
+        // Envoy's proto validation requires at least one character; absent is the default "".
+        for yaml in ["{regex: ''}", "{google_re2: {}}"] {
+            let err = regex(yaml).unwrap_err();
+            assert_eq!(err.path, "m.safe_regex.regex", "{yaml}: {err}");
+        }
+        let cfg = StringMatcherConfig {
+            safe_regex: Some(RegexMatcherConfig {
+                google_re2: None,
+                regex: String::new(),
+            }),
+            ..Default::default()
+        };
+        let err = StringMatcher::build(&cfg, "p").unwrap_err();
+        assert_eq!(err.path, "p.safe_regex.regex", "{err}");
     }
 }
