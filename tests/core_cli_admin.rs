@@ -244,6 +244,11 @@ fn empty_regex_is_rejected_like_envoy_wherever_a_regex_is_taken() {
             format!("{route}.headers[0].string_match.safe_regex.regex"),
         ),
         (
+            "{prefix: /, headers: [{name: x, safe_regex_match: {regex: R}}]}".into(),
+            "",
+            format!("{route}.headers[0].safe_regex_match.regex"),
+        ),
+        (
             "{prefix: /}".into(),
             "mutation_rules: {allow_expression: {regex: R}}",
             format!("{ext_proc}.mutation_rules.allow_expression.regex"),

@@ -3,7 +3,7 @@
 
 use super::RequestView;
 use crate::config::ConfigError;
-use crate::filter::common::string_matcher::{StringMatcher, StringMatcherConfig};
+use crate::filter::common::string_matcher::StringMatcher;
 use crate::filter::network::http_connection_manager::config::HeaderMatcher;
 
 #[derive(Debug)]
@@ -46,22 +46,26 @@ impl CompiledHeaderMatcher {
         if let Some(p) = present_match {
             kinds.push(HeaderMatchKind::Present(*p));
         }
-        let legacy = StringMatcherConfig {
-            exact: exact_match.clone(),
-            prefix: prefix_match.clone(),
-            suffix: suffix_match.clone(),
-            contains: contains_match.clone(),
-            safe_regex: safe_regex_match.clone(),
-            ignore_case: false,
-        };
-        if exact_match.is_some()
-            || prefix_match.is_some()
-            || suffix_match.is_some()
-            || contains_match.is_some()
-            || safe_regex_match.is_some()
-        {
-            kinds.push(HeaderMatchKind::Value(StringMatcher::build(&legacy, path)?));
-        }
+        // The legacy fields share the `header_match_specifier` oneof with `string_match`; each
+        // is compiled on its own so an error names the field that was set.
+        let legacy = [
+            exact_match.clone().map(|s| StringMatcher::Exact(s, false)),
+            prefix_match
+                .clone()
+                .map(|s| StringMatcher::Prefix(s, false)),
+            suffix_match
+                .clone()
+                .map(|s| StringMatcher::Suffix(s, false)),
+            contains_match
+                .clone()
+                .map(|s| StringMatcher::Contains(s, false)),
+            safe_regex_match
+                .as_ref()
+                .map(|r| r.compile(&format!("{path}.safe_regex_match")))
+                .transpose()?
+                .map(StringMatcher::Regex),
+        ];
+        kinds.extend(legacy.into_iter().flatten().map(HeaderMatchKind::Value));
         let kind = match kinds.len() {
             0 => HeaderMatchKind::Present(true),
             1 => kinds.remove(0),
