@@ -299,3 +299,28 @@ fn empty_regex_is_rejected_like_envoy_wherever_a_regex_is_taken() {
         );
     }
 }
+
+#[test]
+fn unix_socket_listener_is_rejected_by_validate_as_by_start() {
+    let dir = TempDir::new("cli").unwrap();
+    let sock = dir.join("l.sock");
+    let yaml = format!(
+        "{ADMIN_AND_CLUSTER}  listeners:\n  - name: l\n    address: {{pipe: {{path: {}}}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: up}}\n",
+        sock.display()
+    );
+    let file = write(&dir, "pipe.yaml", &yaml);
+    // Envoy supports Unix socket listeners; extproxy does not, and says so in both modes.
+    let r = run(
+        envoy_binary().to_str().unwrap(),
+        &["--mode", "validate", "-c", &file, "-l", "error"],
+    );
+    assert_eq!(r.code, Some(0), "envoy: {}", r.stderr);
+    let expected =
+        "static_resources.listeners[0].address.pipe: Unix socket listeners are not supported";
+    for mode in ["validate", "serve"] {
+        let r = run(EXTPROXY, &["--mode", mode, "-c", &file]);
+        assert_ne!(r.code, Some(0), "{mode}: {}", r.stdout);
+        assert!(r.stderr.contains(expected), "{mode}: {}", r.stderr);
+    }
+    assert!(!sock.exists(), "nothing may be bound");
+}

@@ -83,9 +83,7 @@ impl Listener {
             store,
             "listener.validate",
         )?;
-        if let ResolvedAddress::Tcp { host, .. } = l.address.resolve(&format!("{path}.address"))? {
-            parse_ip(&host, path)?;
-        }
+        listen_addr(&l.address, path)?;
         Ok(())
     }
 
@@ -108,21 +106,12 @@ impl Listener {
             config: chain_cfg,
             buffer_limit,
         } = build_chain(l, path, clusters, store)?;
-        let addr = address.resolve(&format!("{path}.address"))?;
-        let ResolvedAddress::Tcp { host, port } = &addr else {
-            return Err(ConfigError::new(
-                format!("{path}.address.pipe"),
-                "Unix socket listeners are not supported",
-            )
-            .into());
-        };
-        let ip = parse_ip(host, path)?;
-        let socket =
-            bind_tcp(SocketAddr::new(ip, *port)).map_err(|e| crate::server::Error::Bind {
-                listener: name.clone(),
-                addr: addr.to_string(),
-                source: e,
-            })?;
+        let addr = listen_addr(address, path)?;
+        let socket = bind_tcp(addr).map_err(|e| crate::server::Error::Bind {
+            listener: name.clone(),
+            addr: addr.to_string(),
+            source: e,
+        })?;
         let local_addr = socket
             .local_addr()
             .map_err(|e| crate::server::Error::Bind {
@@ -132,10 +121,7 @@ impl Listener {
             })?;
         // Envoy names the scope after the configured address (port 0 stays 0), `:` → `_`.
         let scope = if stat_prefix.is_empty() {
-            format!(
-                "listener.{}",
-                SocketAddr::new(ip, *port).to_string().replace(':', "_")
-            )
+            format!("listener.{}", addr.to_string().replace(':', "_"))
         } else {
             format!("listener.{stat_prefix}")
         };
@@ -293,14 +279,24 @@ fn build_chain<'a>(
     })
 }
 
-/// The listener's address must be an IP literal (listeners do not resolve names).
-fn parse_ip(host: &str, path: &str) -> Result<IpAddr, ConfigError> {
-    host.parse().map_err(|_| {
+/// The address a listener binds: shared by [`Listener::validate`] and [`Listener::bind`] so
+/// `--mode validate` rejects what starting would.
+fn listen_addr(address: &cfg::core::Address, path: &str) -> Result<SocketAddr, ConfigError> {
+    let ResolvedAddress::Tcp { host, port } = address.resolve(&format!("{path}.address"))? else {
+        // Envoy binds these; extproxy only listens on TCP.
+        return Err(ConfigError::new(
+            format!("{path}.address.pipe"),
+            "Unix socket listeners are not supported",
+        ));
+    };
+    // Listeners do not resolve names: the address must be an IP literal.
+    let ip: IpAddr = host.parse().map_err(|_| {
         ConfigError::new(
             format!("{path}.address.socket_address.address"),
             format!("malformed IP address: {host}"),
         )
-    })
+    })?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// Binds with SO_REUSEADDR and Envoy's default backlog.
