@@ -1,18 +1,19 @@
-//! Request trailers on HTTP/1.1 upstream connections of clusters with
-//! `http_protocol_options.enable_trailers` (Envoy's HTTP/1 codec then writes every trailer after
-//! the last chunk of a chunked body).
+//! Trailers written on HTTP/1.1 connections with `http_protocol_options.enable_trailers`:
+//! requests to a cluster's upstreams, responses to an HCM's clients (Envoy's HTTP/1 codec then
+//! writes every trailer after the last chunk of a chunked body).
 //!
-//! hyper's HTTP/1 encoder writes only the trailers that a `Trailer` request header declared,
-//! which a proxy cannot know when it sends the head. So the request body hands its trailers to a
-//! [`Slot`] as hyper polls them, and the socket wrapper [`TrailerIo`] follows the framing of
-//! what hyper writes (head, chunk sizes, data) and puts those trailers right after the
-//! terminating `0\r\n` chunk. Reads pass through untouched.
+//! hyper's HTTP/1 encoder writes only the trailers that a `Trailer` header declared (and, as a
+//! server, only to a client that sent `TE: trailers`), which a proxy cannot know when it sends
+//! the head. So the body hands its trailers to a [`Slot`] as hyper polls them, and the socket
+//! wrapper [`TrailerIo`] follows the framing of what hyper writes (head, chunk sizes, data) and
+//! puts those trailers right after the terminating `0\r\n` chunk. Reads pass through untouched.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -67,13 +68,25 @@ impl http_body::Body for TrailerTap {
     }
 }
 
+/// What a [`TrailerIo`] writes.
+#[derive(Debug, Clone)]
+pub enum Side {
+    /// Requests (a client connection).
+    Requests,
+    /// Responses (a server connection); the flag is set while the request being answered is a
+    /// `HEAD`, whose response has no body whatever its headers say.
+    Responses(Arc<AtomicBool>),
+}
+
 /// Where the writer is in the message hyper is writing.
 #[derive(Debug)]
 enum State {
-    /// In the head: the current line so far, and the framing its header lines announced.
+    /// In the head: the current line so far, the status of a response, and the framing the
+    /// header lines announced.
     Head {
         line: Vec<u8>,
         first: bool,
+        status: u16,
         chunked: bool,
         length: Option<u64>,
     },
@@ -94,6 +107,7 @@ impl State {
         State::Head {
             line: Vec::new(),
             first: true,
+            status: 0,
             chunked: false,
             length: None,
         }
@@ -103,19 +117,24 @@ impl State {
 /// A socket whose writes get the current request's trailers after the last chunk.
 pub struct TrailerIo<T> {
     inner: T,
+    side: Side,
     current: Current,
     state: State,
+    /// The trailers of the message whose trailer section is being written.
+    pending: Option<HeaderMap>,
     /// Bytes accepted from hyper, not yet written to `inner` (with any trailers added).
     out: BytesMut,
 }
 
 impl<T> TrailerIo<T> {
     /// Wraps a connection; `current` leads to the trailers of the request being written.
-    pub fn new(inner: T, current: Current) -> Self {
+    pub fn new(inner: T, side: Side, current: Current) -> Self {
         TrailerIo {
             inner,
+            side,
             current,
             state: State::head(),
+            pending: None,
             out: BytesMut::new(),
         }
     }
@@ -124,6 +143,8 @@ impl<T> TrailerIo<T> {
     /// trailers after each terminating chunk.
     fn consume(&mut self, mut buf: &[u8]) {
         while !buf.is_empty() {
+            // A trailer line goes out once complete (ours go before the empty one).
+            let hold = matches!(self.state, State::Trailers(_));
             match &mut self.state {
                 State::Raw => {
                     self.out.extend_from_slice(buf);
@@ -148,7 +169,9 @@ impl<T> TrailerIo<T> {
                         None => (buf.len(), false),
                     };
                     line.extend_from_slice(&buf[..taken]);
-                    self.out.extend_from_slice(&buf[..taken]);
+                    if !hold {
+                        self.out.extend_from_slice(&buf[..taken]);
+                    }
                     buf = &buf[taken..];
                     if complete {
                         self.end_line();
@@ -165,22 +188,36 @@ impl<T> TrailerIo<T> {
             State::Head {
                 line,
                 first,
+                status,
                 chunked,
                 length,
             } => {
                 let text = trim_crlf(&line);
                 if first {
+                    // A response's status line: `HTTP/1.1 200 OK`.
+                    let status = text
+                        .split(|b| *b == b' ')
+                        .nth(1)
+                        .and_then(|c| std::str::from_utf8(c).ok()?.parse().ok())
+                        .unwrap_or(0);
                     State::Head {
                         line: Vec::new(),
                         first: false,
+                        status,
                         chunked,
                         length,
                     }
                 } else if text.is_empty() {
-                    match (chunked, length) {
-                        (true, _) => State::Size(Vec::new()),
-                        (false, Some(n)) if n > 0 => State::Fixed(n),
-                        _ => State::head(),
+                    match &self.side {
+                        Side::Responses(_) if status == 101 => State::Raw,
+                        Side::Responses(head) if bodiless(status, head) => State::head(),
+                        // Neither length nor chunked: the body runs to the close.
+                        Side::Responses(_) if !chunked && length.is_none() => State::Raw,
+                        _ => match (chunked, length) {
+                            (true, _) => State::Size(Vec::new()),
+                            (false, Some(n)) if n > 0 => State::Fixed(n),
+                            _ => State::head(),
+                        },
                     }
                 } else {
                     let (name, value) = match text.iter().position(|b| *b == b':') {
@@ -200,6 +237,7 @@ impl<T> TrailerIo<T> {
                     State::Head {
                         line: Vec::new(),
                         first: false,
+                        status,
                         chunked,
                         length,
                     }
@@ -216,7 +254,7 @@ impl<T> TrailerIo<T> {
                         .and_then(|t| u64::from_str_radix(t, 16).ok())
                     {
                         Some(0) => {
-                            self.add_trailers();
+                            self.pending = self.take_trailers();
                             State::Trailers(Vec::new())
                         }
                         Some(n) => State::Data(n),
@@ -225,9 +263,20 @@ impl<T> TrailerIo<T> {
                 }
             }
             State::Trailers(line) => {
-                if trim_crlf(&line).is_empty() {
+                let text = trim_crlf(&line);
+                if text.is_empty() {
+                    self.write_pending();
+                    self.out.extend_from_slice(&line);
                     State::head()
                 } else {
+                    // One hyper writes itself (declared in a `Trailer` header): not added again.
+                    let name = text.split(|b| *b == b':').next().unwrap_or_default();
+                    if let (Some(p), Ok(n)) =
+                        (self.pending.as_mut(), http::HeaderName::from_bytes(name))
+                    {
+                        p.remove(n);
+                    }
+                    self.out.extend_from_slice(&line);
                     State::Trailers(Vec::new())
                 }
             }
@@ -235,14 +284,19 @@ impl<T> TrailerIo<T> {
         };
     }
 
-    fn add_trailers(&mut self) {
+    /// The current message's trailers, taken at its last chunk.
+    fn take_trailers(&self) -> Option<HeaderMap> {
         let slot = self
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let Some(trailers) = slot.and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take())
-        else {
+        slot.and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take())
+    }
+
+    /// Writes the trailers hyper did not write, before the empty line that ends the message.
+    fn write_pending(&mut self) {
+        let Some(trailers) = self.pending.take() else {
             return;
         };
         for (name, value) in &trailers {
@@ -252,6 +306,11 @@ impl<T> TrailerIo<T> {
             self.out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// A response without a body: informational, 204, 304, or the answer to a `HEAD`.
+fn bodiless(status: u16, head: &AtomicBool) -> bool {
+    (100..200).contains(&status) || status == 204 || status == 304 || head.load(Ordering::Acquire)
 }
 
 fn trim_crlf(line: &[u8]) -> &[u8] {
@@ -328,7 +387,11 @@ mod tests {
     async fn written(parts: &[&[u8]], trailers: Option<HeaderMap>) -> String {
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let slot: Slot = Arc::new(Mutex::new(None));
-        let mut io = TrailerIo::new(client, Arc::new(Mutex::new(Some(slot.clone()))));
+        let mut io = TrailerIo::new(
+            client,
+            Side::Requests,
+            Arc::new(Mutex::new(Some(slot.clone()))),
+        );
         for (i, p) in parts.iter().enumerate() {
             if i + 1 == parts.len() {
                 *slot.lock().unwrap() = trailers.clone();
@@ -394,6 +457,49 @@ mod tests {
              GET / HTTP/1.1\r\n\r\n\
              POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-t: v\r\n\r\n"
         );
+    }
+
+    #[tokio::test]
+    async fn responses_skip_bodiless_ones() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let slot: Slot = Arc::new(Mutex::new(None));
+        let head = Arc::new(AtomicBool::new(true));
+        let mut io = TrailerIo::new(
+            client,
+            Side::Responses(head.clone()),
+            Arc::new(Mutex::new(Some(slot.clone()))),
+        );
+        // The answer to a HEAD announces a length it does not send; a 204 and a 100 have no
+        // body either; then a chunked response gets its trailers.
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        head.store(false, Ordering::Release);
+        io.write_all(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .unwrap();
+        io.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n")
+            .await
+            .unwrap();
+        *slot.lock().unwrap() = Some(t(&[("x-t", "v")]));
+        io.write_all(b"0\r\n\r\n").await.unwrap();
+        io.flush().await.unwrap();
+        drop(io);
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut server, &mut out)
+            .await
+            .unwrap();
+        assert!(out.ends_with("1\r\nx\r\n0\r\nx-t: v\r\n\r\n"), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn trailers_hyper_writes_itself_are_not_repeated() {
+        let out = written(
+            &[b"POST / HTTP/1.1\r\ntrailer: x-a\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-a: 1\r\n\r\n"],
+            Some(t(&[("x-a", "1"), ("x-b", "2")])),
+        )
+        .await;
+        assert!(out.ends_with("0\r\nx-a: 1\r\nx-b: 2\r\n\r\n"), "{out:?}");
     }
 
     #[tokio::test]

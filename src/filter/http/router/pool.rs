@@ -9,7 +9,7 @@
 //! ends; the pool itself takes a `max_connection_pools` unit on first use. Overflow is the
 //! router's `503 ... reset reason: overflow` with `x-envoy-overloaded`.
 
-use super::http1_trailers::{Current, Slot, TrailerIo, TrailerTap};
+use super::http1_trailers::{Current, Side, Slot, TrailerIo, TrailerTap};
 use crate::cluster::circuit_breaker::{Overflow, ResourceGuard};
 use crate::cluster::{Cluster, ConnectError, UpstreamProtocol};
 use crate::filter::http::{Body, BoxError};
@@ -420,7 +420,11 @@ impl Pool {
             });
         }
         let current = Current::default();
-        let io = TokioIo::new(TrailerIo::new(io.into_inner(), current.clone()));
+        let io = TokioIo::new(TrailerIo::new(
+            io.into_inner(),
+            Side::Requests,
+            current.clone(),
+        ));
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await

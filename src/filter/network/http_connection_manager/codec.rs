@@ -6,6 +6,7 @@
 use super::downstream_io::ConnIo;
 use super::stream::{self, ConnShared, OpenStreams};
 use super::Filter;
+use crate::filter::http::router::http1_trailers::{Side, Slot, TrailerIo};
 use crate::filter::http::ConnectionInfo;
 use crate::stats::GaugeGuard;
 use crate::transport_socket::Stream;
@@ -169,12 +170,14 @@ async fn run(
 ) {
     let streams = Arc::new(OpenStreams::default());
     let tls = matches!(stream, Stream::Tls(_));
+    let h1_trailers = (!is_h2 && f.enable_trailers).then(|| (Slot::default(), Arc::default()));
     let shared = Arc::new(ConnShared {
         filter: f.clone(),
         info,
         is_h2,
         tls,
         streams: streams.clone(),
+        h1_trailers: h1_trailers.clone(),
     });
     let svc = hyper::service::service_fn(move |req| stream::handle(req, shared.clone()));
     let io = TokioIo::new(ConnIo::new(
@@ -223,6 +226,17 @@ async fn run(
         if f.max_headers_count != 100 {
             b.max_headers(f.max_headers_count);
         }
-        drive!(b.serve_connection(io, svc), shutdown, streams, f);
+        if let Some((slot, head)) = h1_trailers {
+            // `enable_trailers`: response trailers are written after the last chunk.
+            let current = Arc::new(std::sync::Mutex::new(Some(slot)));
+            let io = TokioIo::new(TrailerIo::new(
+                io.into_inner(),
+                Side::Responses(head),
+                current,
+            ));
+            drive!(b.serve_connection(io, svc), shutdown, streams, f);
+        } else {
+            drive!(b.serve_connection(io, svc), shutdown, streams, f);
+        }
     }
 }

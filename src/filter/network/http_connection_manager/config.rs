@@ -105,6 +105,10 @@ pub struct Http1ProtocolOptions {
     /// dropped); otherwise such a request gets 400.
     #[serde(default)]
     pub allow_chunked_length: bool,
+    /// Read a client's request trailers and write response trailers (otherwise both are
+    /// dropped, as by Envoy's HTTP/1 codec).
+    #[serde(default)]
+    pub enable_trailers: bool,
 }
 
 /// `config.core.v3.Http2ProtocolOptions` as the downstream codec (h2) applies it. Fields whose

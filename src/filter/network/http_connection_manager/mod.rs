@@ -240,6 +240,8 @@ pub struct Filter {
     max_headers_count: usize,
     /// `http_protocol_options.allow_chunked_length`.
     allow_chunked_length: bool,
+    /// `http_protocol_options.enable_trailers`: HTTP/1.1 trailers in both directions.
+    enable_trailers: bool,
     header_policy: RequestHeaderPolicy,
     always_set_request_id_in_response: bool,
     server_name: HeaderValue,
@@ -302,6 +304,7 @@ pub fn build(
     let config::Http1ProtocolOptions {
         accept_http_10,
         allow_chunked_length,
+        enable_trailers,
     } = http_protocol_options.unwrap_or_default();
     if accept_http_10 {
         return Err(ConfigError::new(
@@ -462,6 +465,7 @@ pub fn build(
         max_request_headers_bytes: max_kb as usize * 1024,
         max_headers_count,
         allow_chunked_length,
+        enable_trailers,
         header_policy: RequestHeaderPolicy {
             use_remote_address: use_remote_address.unwrap_or(false),
             xff_num_trusted_hops,

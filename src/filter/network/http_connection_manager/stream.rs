@@ -10,6 +10,7 @@ use super::headers::{date_header, mutate_request_headers, strip_request_hop_by_h
 use super::local_reply;
 use super::route::{Action, RequestView, RouteEntry};
 use super::Filter;
+use crate::filter::http::router::http1_trailers::Slot;
 use crate::filter::http::{
     Abort, Body, BoxError, ConnectionInfo, LocalReply, StreamAbort, StreamContext, StreamFilter,
 };
@@ -42,6 +43,9 @@ pub(super) struct ConnShared {
     pub tls: bool,
     /// Open streams, for the connection idle timeout.
     pub streams: Arc<OpenStreams>,
+    /// HTTP/1.1 with `enable_trailers`: where a response's trailers go for the connection's
+    /// writer, and whether the request being answered is a `HEAD`.
+    pub h1_trailers: Option<(Slot, Arc<AtomicBool>)>,
 }
 
 /// Counts a connection's open streams and wakes the idle-timeout watcher on changes.
@@ -173,6 +177,10 @@ pub(super) async fn handle(
     conn: Arc<ConnShared>,
 ) -> Result<Response<Body>, BoxError> {
     let f = conn.filter.clone();
+    if let Some((_, head)) = &conn.h1_trailers {
+        // hyper reads the next request only once this one's response is written.
+        head.store(req.method() == http::Method::HEAD, Ordering::Release);
+    }
     f.stats.downstream_rq_total.inc();
     if conn.is_h2 {
         f.stats.downstream_rq_http2_total.inc();
@@ -189,7 +197,7 @@ pub(super) async fn handle(
     let body = RequestBody {
         inner: body,
         activity: activity.clone(),
-        drop_trailers: !conn.is_h2,
+        drop_trailers: !conn.is_h2 && !f.enable_trailers,
     };
     let body = if body.inner.is_end_stream() {
         activity.request_done.store(true, Ordering::Release);
@@ -464,10 +472,12 @@ fn finish(
     {
         c.inc();
     }
+    let trailers = conn.h1_trailers.as_ref().map(|(slot, _)| slot.clone());
     let body = DownstreamBody {
         inner: body,
         watch,
         activity,
+        trailers,
         _guard: guard,
         _keep: keep,
     };
@@ -489,8 +499,8 @@ pub(super) enum ServerHeader {
 struct RequestBody {
     inner: Incoming,
     activity: Arc<Activity>,
-    /// HTTP/1.1: the trailers are dropped, as Envoy's HTTP/1 codec ignores them without
-    /// `http_protocol_options.enable_trailers` (which extproxy does not accept).
+    /// HTTP/1.1 without `http_protocol_options.enable_trailers`: the trailers are dropped, as
+    /// Envoy's HTTP/1 codec ignores them.
     drop_trailers: bool,
 }
 
@@ -538,6 +548,8 @@ struct DownstreamBody {
     inner: Body,
     watch: Option<Watch>,
     activity: Arc<Activity>,
+    /// HTTP/1.1 with `enable_trailers`: the trailers also go here, for the connection's writer.
+    trailers: Option<Slot>,
     _guard: StreamGuard,
     /// The filters and context live until the response ends (their body tasks may use them).
     _keep: Option<Box<(Vec<StreamFilter>, StreamContext)>>,
@@ -570,7 +582,12 @@ impl http_body::Body for DownstreamBody {
         }
         let res = Pin::new(&mut this.inner).poll_frame(cx);
         match &res {
-            Poll::Ready(Some(Ok(_))) => this.activity.touch(),
+            Poll::Ready(Some(Ok(f))) => {
+                this.activity.touch();
+                if let (Some(slot), Some(t)) = (&this.trailers, f.trailers_ref()) {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.clone());
+                }
+            }
             Poll::Ready(Some(Err(_))) => {
                 this._guard.conn.filter.stats.downstream_rq_tx_reset.inc();
                 this.watch = None;
