@@ -10,13 +10,13 @@
 //! with Envoy's answer, `UNAVAILABLE: upstream connect error or disconnect/reset before headers.
 //! reset reason: overflow`, which the ext_proc filters treat as any stream error.
 
-use super::batched_writes::BatchedWrites;
 use super::circuit_breaker::{CircuitBreakers, ResourceGuard};
 use super::{Cluster, UpstreamProtocol};
 use crate::config::core::ResolvedAddress;
 use crate::config::ConfigError;
 use crate::transport_socket::{tls::ClientTls, Stream};
 use bytes::Bytes;
+use extproc::batched_writes::BatchedWrites;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;

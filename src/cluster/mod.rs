@@ -4,7 +4,6 @@
 //! HTTP router's pool) or [`Cluster::grpc_channel`] (ext_proc side streams); both only read
 //! immutable state plus an atomic round-robin index.
 
-pub mod batched_writes;
 pub mod circuit_breaker;
 pub mod config;
 pub mod grpc;

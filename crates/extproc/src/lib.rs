@@ -60,6 +60,7 @@
 //! - [`pb`]: the raw Envoy protos (from `envoy-types`), for anything the typed API lacks.
 //! - [`Error`]: what can go wrong on a stream, and the gRPC status it maps to.
 
+pub mod batched_writes;
 pub mod demo;
 pub mod error;
 pub mod http;

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::batched_writes::BatchedWrites;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::service::RoutesBuilder;
@@ -343,10 +344,21 @@ impl Server {
                     .await;
             }
         };
-        builder
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await?;
+        let router = builder.add_routes(routes.routes());
+        if tls.is_some() {
+            // The TLS handshake runs above the socket; it flushes and then waits to read, which
+            // `BatchedWrites` would hold back.
+            router
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await?;
+        } else {
+            // The responses of all streams a pass of the connection task serves go out in one
+            // write (and one wake-up of the proxy), not one per stream.
+            let incoming = futures_util::TryStreamExt::map_ok(incoming, BatchedWrites::new);
+            router
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await?;
+        }
         Ok(())
     }
 }

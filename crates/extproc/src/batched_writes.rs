@@ -1,17 +1,21 @@
-//! Write batching under the side-stream HTTP/2 connections.
+//! Write batching under HTTP/2 connections, for the SDK's server and extproxy's side streams.
 //!
 //! h2 flushes its codec at the end of every pass of its connection task, and tokio runs that
-//! task right after each ext_proc stream that hands it a frame (the LIFO slot). So each stream's
-//! frames went out in a write of their own: ~2.7 writes per request, where Envoy's codec writes
-//! once per event-loop turn for all streams that produced frames (~0.5). Each write is also a
-//! wake-up of the processor.
+//! task right after each stream task that hands it a frame (the LIFO slot). So each stream's
+//! frames go out in a write of their own: extproxy's side streams made ~2.7 writes per request,
+//! where Envoy's codec writes once per event-loop turn for all streams that produced frames
+//! (~0.5). Each write is also a wake-up of the peer.
 //!
 //! [`BatchedWrites`] takes h2's flush as a request: it keeps the bytes, wakes the connection
 //! task (which tokio then queues behind the tasks already runnable) and writes them at the
 //! connection task's next flush, after it has read the socket again. Every stream that produced
 //! frames in between goes out in the same write. The delay is one trip through the run queue,
-//! never a timer, and the buffer is bounded: past [`MAX_BUFFERED`] it writes at once, and a
-//! write of [`DIRECT_WRITE`] bytes or more (a large body chunk) is not copied at all.
+//! never a timer, and the buffer is bounded: past 64 KiB it writes at once, and a write of
+//! 16 KiB or more (a large body chunk) is not copied at all.
+//!
+//! It relies on the owner working as h2's connection does: every pass reads the socket, then
+//! flushes. Anything that flushes and then only waits to read (a TLS handshake) must sit above
+//! it only once that exchange is over, or not at all.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -118,6 +122,16 @@ impl<S: AsyncWrite + Unpin> BatchedWrites<S> {
             }
             self.consume(n);
         }
+    }
+}
+
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for BatchedWrites<S>
+{
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 
