@@ -62,7 +62,32 @@ pub fn validate(bootstrap: &Bootstrap, options: &Options) -> Result<(), ConfigEr
         options.concurrency,
     )?);
     crate::overload::GlobalConnectionLimit::build(bootstrap.overload_manager.as_ref(), &stats)?;
-    validate_listeners(bootstrap, &clusters, &stats)
+    validate_listeners(bootstrap, &clusters, &stats)?;
+    admin_addr(bootstrap)?;
+    Ok(())
+}
+
+/// The admin endpoint's bind address: shared by [`validate`] and [`Server::bind`] so
+/// `--mode validate` rejects what starting would.
+fn admin_addr(bootstrap: &Bootstrap) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(admin) = &bootstrap.admin else {
+        return Ok(None);
+    };
+    let ResolvedAddress::Tcp { host, port } = admin.address.resolve("admin.address")? else {
+        // Envoy serves admin on a Unix socket too; extproxy's admin only listens on TCP.
+        return Err(ConfigError::new(
+            "admin.address.pipe",
+            "a Unix socket admin address is not supported",
+        ));
+    };
+    // Like Envoy, the admin address is not resolved: it must be an IP literal.
+    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+        ConfigError::new(
+            "admin.address.socket_address.address",
+            format!("malformed IP address: {host}"),
+        )
+    })?;
+    Ok(Some(SocketAddr::new(ip, port)))
 }
 
 fn validate_listeners(
@@ -119,29 +144,13 @@ impl Server {
             listener.set_global_limit(global_limit.clone());
             listeners.push(listener);
         }
-        let admin = match bootstrap.admin_address() {
+        let admin = match admin_addr(bootstrap)? {
             None => None,
-            Some(ResolvedAddress::Tcp { host, port }) => {
-                let ip: std::net::IpAddr = host.parse().map_err(|_| {
-                    ConfigError::new(
-                        "admin.address.socket_address.address",
-                        format!("malformed IP address: {host}"),
-                    )
-                })?;
-                let addr = SocketAddr::new(ip, port);
-                Some(TcpListener::bind(addr).await.map_err(|e| Error::Bind {
-                    listener: "admin".into(),
-                    addr: addr.to_string(),
-                    source: e,
-                })?)
-            }
-            Some(ResolvedAddress::Unix(_)) => {
-                return Err(ConfigError::new(
-                    "admin.address.pipe",
-                    "a Unix socket admin address is not supported",
-                )
-                .into())
-            }
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| Error::Bind {
+                listener: "admin".into(),
+                addr: addr.to_string(),
+                source: e,
+            })?),
         };
         stats
             .gauge("server.concurrency")

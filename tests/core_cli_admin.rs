@@ -324,3 +324,53 @@ fn unix_socket_listener_is_rejected_by_validate_as_by_start() {
     }
     assert!(!sock.exists(), "nothing may be bound");
 }
+
+#[test]
+fn unix_socket_admin_address_is_rejected_by_validate_as_by_start() {
+    let dir = TempDir::new("cli").unwrap();
+    let sock = dir.join("admin.sock");
+    let yaml = ADMIN_AND_CLUSTER.replace(
+        "socket_address: {address: 127.0.0.1, port_value: 0}",
+        &format!("pipe: {{path: {}}}", sock.display()),
+    );
+    let file = write(&dir, "pipe.yaml", &yaml);
+    // Envoy serves admin on a Unix socket; extproxy does not, and says so in both modes.
+    let r = run(
+        envoy_binary().to_str().unwrap(),
+        &["--mode", "validate", "-c", &file, "-l", "error"],
+    );
+    assert_eq!(r.code, Some(0), "envoy: {}", r.stderr);
+    let expected = "admin.address.pipe: a Unix socket admin address is not supported";
+    for mode in ["validate", "serve"] {
+        let r = run(EXTPROXY, &["--mode", mode, "-c", &file]);
+        assert_ne!(r.code, Some(0), "{mode}: {}", r.stdout);
+        assert!(r.stderr.contains(expected), "{mode}: {}", r.stderr);
+    }
+    assert!(!sock.exists(), "nothing may be bound");
+}
+
+#[test]
+fn admin_address_must_be_an_ip_literal_in_validate_as_at_start() {
+    let dir = TempDir::new("cli").unwrap();
+    let yaml = ADMIN_AND_CLUSTER.replace(
+        "socket_address: {address: 127.0.0.1, port_value: 0}",
+        "socket_address: {address: localhost, port_value: 0}",
+    );
+    let file = write(&dir, "localhost.yaml", &yaml);
+    let r = run(
+        envoy_binary().to_str().unwrap(),
+        &["--mode", "validate", "-c", &file, "-l", "error"],
+    );
+    assert_ne!(r.code, Some(0), "envoy accepted: {}", r.stdout);
+    assert!(
+        r.stderr.contains("malformed IP address: localhost"),
+        "envoy: {}",
+        r.stderr
+    );
+    let expected = "admin.address.socket_address.address: malformed IP address: localhost";
+    for mode in ["validate", "serve"] {
+        let r = run(EXTPROXY, &["--mode", mode, "-c", &file]);
+        assert_ne!(r.code, Some(0), "{mode}: {}", r.stdout);
+        assert!(r.stderr.contains(expected), "{mode}: {}", r.stderr);
+    }
+}
