@@ -293,3 +293,84 @@ async fn local_reply_status_matches_envoy() {
     }
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
+
+/// Extra headers in a streamed local reply (after `:status: 200`), one per scenario `x-<n>`:
+/// they pass the configured mutation rules (`host`, `:authority` and `x-envoy-*` are dropped and
+/// counted by default), and hop-by-hop ones are removed, as by Envoy.
+const EXTRA: &[(&str, &str)] = &[
+    ("x-envoy-foo", "1"),
+    ("host", "evil"),
+    (":authority", "evil"),
+    ("X-Upper", "v"),
+    ("content-length", "3"),
+    ("server", "mine"),
+    ("connection", "close"),
+    ("transfer-encoding", "chunked"),
+    (":path", "/x"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_reply_headers_match_envoy() {
+    let upstream = testenv::echo_http_upstream().await;
+    let proc = Processor::start().await;
+    let mut names = Vec::new();
+    for (i, (k, v)) in EXTRA.iter().enumerate() {
+        let name = format!("x-{i}");
+        let (k, v) = (k.to_string(), v.to_string());
+        proc.script(&name, move |_, r| {
+            if kind(r) != "rh" {
+                return vec![Step::Send(continue_for(r))];
+            }
+            vec![
+                sir(Sir::HeadersResponse(pb::HttpHeaders {
+                    headers: Some(HeaderMap {
+                        headers: vec![hv(":status", "200"), hv(&k, &v)],
+                    }),
+                    end_of_stream: false,
+                    ..Default::default()
+                })),
+                sir(Sir::BodyResponse(pb::StreamedBodyResponse {
+                    body: b"local-body".to_vec(),
+                    end_of_stream: true,
+                    ..Default::default()
+                })),
+            ]
+        });
+        names.push(name);
+    }
+    let yaml = testenv::render(
+        YAML,
+        &[
+            ("UPSTREAM_PORT", &upstream.addr().port().to_string()),
+            ("PROC_PORT", &proc.addr.port().to_string()),
+        ],
+    );
+    let pair = Pair::start(&yaml, &yaml).await;
+    let mut diffs = Vec::new();
+    for name in &names {
+        for v in [HttpVersion::Http1, HttpVersion::Http2] {
+            let e = observe(pair.envoy_addr, name, v).await;
+            let x = observe(pair.ours_addr, name, v).await;
+            if std::env::var("XP_SHOW").is_ok() {
+                eprintln!("{name} {v:?}\n  envoy:    {e}\n  extproxy: {x}");
+            }
+            let e = if name == "x-4" && v == HttpVersion::Http1 {
+                // `content-length: 3` on a 10-byte streamed body (docs/envoy-differences.md):
+                // Envoy writes all 10 bytes, the last 7 where the client expects the next
+                // response; extproxy sends the 3 the header announced.
+                assert!(e.contains("content-length: 3||local-body\""), "{e}");
+                e.replacen("||local-body\"", "||loc\"", 1)
+            } else {
+                e
+            };
+            if e != x {
+                diffs.push(format!("{name} {v:?}\n  envoy:    {e}\n  extproxy: {x}"));
+            }
+        }
+    }
+    let (ce, cx) = (counters(&pair.envoy).await, counters(&pair.ours).await);
+    if ce != cx {
+        diffs.push(format!("counters\n  envoy:    {ce:?}\n  extproxy: {cx:?}"));
+    }
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}

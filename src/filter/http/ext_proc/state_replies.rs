@@ -105,16 +105,41 @@ impl Core {
                     ..Default::default()
                 };
                 let mut status = None;
-                for (name, value) in proto_headers(h.headers) {
-                    if name == ":status" {
-                        status = Some(value);
-                    } else if let (Ok(k), Ok(v)) = (
-                        http::header::HeaderName::from_bytes(name.as_bytes()),
-                        http::HeaderValue::from_bytes(&value),
-                    ) {
-                        reply.headers.append(k, v);
+                let mut set_headers = Vec::new();
+                for header in h.headers.map(|m| m.headers).unwrap_or_default() {
+                    if header.key.eq_ignore_ascii_case(":status") {
+                        status = Some(if header.raw_value.is_empty() {
+                            header.value.into_bytes()
+                        } else {
+                            header.raw_value
+                        });
+                    } else {
+                        // A repeated name adds a value (a pseudo-header is set, not appended).
+                        let append = (!header.key.starts_with(':')).then_some(
+                            envoy_types::pb::google::protobuf::BoolValue { value: true },
+                        );
+                        #[allow(deprecated)] // `append` is what Envoy honours
+                        set_headers.push(core::HeaderValueOption {
+                            header: Some(header),
+                            append,
+                            ..Default::default()
+                        });
                     }
                 }
+                // The other headers pass the configured mutation rules, as in an
+                // `ImmediateResponse` (Envoy drops `host`, `x-envoy-*` by default and counts them).
+                let mutation = pb::HeaderMutation {
+                    set_headers,
+                    remove_headers: Vec::new(),
+                };
+                mutation::apply(
+                    Target::Trailers(&mut reply.headers),
+                    &mutation,
+                    &self.policy.checker,
+                    Context::default(),
+                    &self.policy.stats,
+                )
+                .map_err(Failure::Mutation)?;
                 // As Envoy: a `:status` that is not a number of at least 200 fails the headers
                 // (a rejected mutation, then `status_on_error`); none at all is the HCM's 502.
                 match status.as_deref().map(streamed_status) {

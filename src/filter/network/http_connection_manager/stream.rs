@@ -459,6 +459,11 @@ fn finish(
             headers.insert("x-request-id", id);
         }
     }
+    // Hop-by-hop headers a filter or a local reply set are removed, as Envoy's
+    // `mutateResponseHeaders` does (the router already drops the upstream's).
+    for name in crate::filter::http::router::HOP_BY_HOP {
+        headers.remove(name);
+    }
     // Envoy closes an HTTP/1.1 connection whose response starts before the request ended.
     let close = close || !activity.request_done.load(Ordering::Acquire);
     if close && !conn.is_h2 {
