@@ -56,6 +56,11 @@ enum Command {
     Demo(extproxy::demo::DemoArgs),
 }
 
+/// jemalloc: per request, glibc's malloc/free were 15% of the proxy's instructions on the ext_proc
+/// path, and its large buffers come and go through mmap/munmap (measured in docs/performance.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
