@@ -76,7 +76,8 @@ pub struct HttpConnectionManager {
     /// Access logs are not supported; an empty list is accepted.
     #[serde(default)]
     pub access_log: Vec<serde_json::Value>,
-    /// How long to wait for streams to finish on drain (accepted; the server's drain time applies).
+    /// How long a connection drained by the idle timeout may take to close (on shutdown the
+    /// server's drain time applies).
     pub drain_timeout: Option<Duration>,
     /// Accepted for compatibility; the connection is closed right after the last write.
     pub delayed_close_timeout: Option<Duration>,
