@@ -757,3 +757,38 @@ async fn validate_messages_match() {
         }
     }
 }
+
+/// The side stream's request headers (pseudo-headers included, as the processor's gRPC server
+/// sees them) are Envoy's, name and value.
+#[tokio::test]
+async fn side_stream_request_headers_match() {
+    let script: Script = |mut r| {
+        Box::pin(async move {
+            write(&mut r.client, b"x").await;
+            let u = r.upstream.as_mut().expect("upstream");
+            assert_eq!(read_exact(u, 1).await, b"X");
+            let counters = r
+                .processor
+                .seen()
+                .headers
+                .into_iter()
+                .map(|(k, v)| (format!("{k}: {v}"), 1))
+                .collect();
+            // Only the headers are compared: the connections stay open.
+            Obs {
+                client: (Vec::new(), Ending::Fin),
+                upstream: None,
+                counters,
+                notes: vec![],
+            }
+        })
+    };
+    let (envoy, ours) = both(
+        "message_timeout: 2s",
+        handler(|q, r| r.send(upper(q))),
+        true,
+        script,
+    )
+    .await;
+    assert_eq!(envoy.counters, ours.counters);
+}
