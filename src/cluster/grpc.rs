@@ -13,11 +13,17 @@
 //! cluster's circuit breakers until it ends ([`SideChannel`]); at the limit the call ends at once
 //! with Envoy's answer, `UNAVAILABLE: upstream connect error or disconnect/reset before headers.
 //! reset reason: overflow`, which the ext_proc filters treat as any stream error.
+//!
+//! The side-stream connections and streams count in the cluster's stats as Envoy's async client
+//! counts them: `upstream_cx_total`, `upstream_cx_connect_fail` (`_timeout`) and
+//! `upstream_cx_active` per connection, which also holds a `max_connections` unit while it
+//! lives; `upstream_rq_total` per stream sent on a connection.
 
 use super::circuit_breaker::{CircuitBreakers, ResourceGuard};
-use super::{Cluster, UpstreamProtocol};
+use super::{Cluster, ClusterStats, UpstreamProtocol};
 use crate::config::core::ResolvedAddress;
 use crate::config::ConfigError;
+use crate::stats::GaugeGuard;
 use crate::transport_socket::{tls::ClientTls, Stream};
 use bytes::Bytes;
 use extproc::batched_writes::BatchedWrites;
@@ -77,12 +83,7 @@ impl GrpcChannel {
         let mut channels = Vec::new();
         for addr in cluster.endpoints() {
             for _ in 0..per_endpoint {
-                channels.push(channel(
-                    addr,
-                    &origin,
-                    cluster.connect_timeout,
-                    cluster.tls.as_ref(),
-                )?);
+                channels.push(channel(addr, &origin, cluster)?);
             }
         }
         Ok(GrpcChannel {
@@ -119,9 +120,9 @@ impl GrpcChannel {
 fn channel(
     addr: &ResolvedAddress,
     origin: &http::Uri,
-    connect_timeout: Duration,
-    tls: Option<&ClientTls>,
+    cluster: &Cluster,
 ) -> Result<Arc<Endpoint>, ConfigError> {
+    let tls = cluster.tls.as_ref();
     if let (ResolvedAddress::Unix(_), Some(_)) = (addr, tls) {
         return Err(ConfigError::new(
             format!("endpoint {addr}"),
@@ -138,9 +139,11 @@ fn channel(
     Ok(Arc::new(Endpoint {
         addr: addr.clone(),
         tls: tls.cloned(),
-        connect_timeout,
+        connect_timeout: cluster.connect_timeout,
         scheme,
         authority,
+        stats: cluster.stats.clone(),
+        breakers: cluster.circuit_breakers.clone(),
         conn: tokio::sync::Mutex::new(None),
     }))
 }
@@ -155,6 +158,10 @@ struct Endpoint {
     /// `:scheme` and `:authority` of every stream.
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// The cluster's stats, counting this endpoint's connections and streams.
+    stats: ClusterStats,
+    /// The cluster's limits: each connection holds a `max_connections` unit.
+    breakers: Arc<CircuitBreakers>,
     /// Held to clone the sender; held across the connect only while connecting, so the calls
     /// that arrive meanwhile wait for that connection instead of making their own.
     conn: tokio::sync::Mutex<Option<SendRequest>>,
@@ -175,14 +182,27 @@ impl Endpoint {
             return Ok(s.clone());
         }
         *slot = None;
-        let io = tokio::time::timeout(self.connect_timeout, self.connect())
-            .await
-            .map_err(|_| connect_failure("connection timeout"))?
-            .map_err(|e| {
-                connect_failure(format_args!(
+        // This slot has no connection, so like Envoy's pool with none it connects even at
+        // `max_connections` (counting the overflow).
+        let cx = self
+            .breakers
+            .connection()
+            .unwrap_or_else(|_| self.breakers.default.connections.acquire_anyway());
+        self.stats.upstream_cx_total.inc();
+        let io = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                self.stats.upstream_cx_connect_fail.inc();
+                return Err(connect_failure(format_args!(
                     "remote connection failure, transport failure reason: {e}"
-                ))
-            })?;
+                )));
+            }
+            Err(_) => {
+                self.stats.upstream_cx_connect_fail.inc();
+                self.stats.upstream_cx_connect_timeout.inc();
+                return Err(connect_failure("connection timeout"));
+            }
+        };
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             // Larger windows than h2's 64 KiB default: body chunks of up to 1 MiB flow without
@@ -197,7 +217,9 @@ impl Endpoint {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| tonic::Status::from_error(Box::new(e)))?;
+        let active = GaugeGuard::new(&self.stats.upstream_cx_active);
         tokio::spawn(async move {
+            let (_active, _cx) = (active, cx);
             if let Err(e) = conn.await {
                 tracing::debug!("side-stream connection ended: {e}");
             }
@@ -238,6 +260,8 @@ impl Endpoint {
             .map_err(|e| tonic::Status::internal(format!("side-stream URI: {e}")))?;
         let req = http::Request::from_parts(parts, body);
         let mut send = self.sender().await?;
+        // Envoy counts a stream once its connection is up, so not when the connect failed.
+        self.stats.upstream_rq_total.inc();
         send.ready()
             .await
             .map_err(|e| tonic::Status::from_error(Box::new(e)))?;
