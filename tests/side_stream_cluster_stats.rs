@@ -135,13 +135,17 @@ async fn get(p: &ProxyProcess, path: &str) -> u16 {
 
 /// HTTP ext_proc (fail-closed): three requests while the processor serves, its connection
 /// closed by the processor, two requests while it is unreachable. The stats after each phase.
-async fn http_run(envoy: bool) -> Vec<(&'static str, Vec<u16>, BTreeMap<String, i64>)> {
+/// `thresholds` are the processor cluster's (`remaining_*` need `track_remaining`).
+async fn http_run(
+    envoy: bool,
+    thresholds: &'static str,
+) -> Vec<(&'static str, Vec<u16>, BTreeMap<String, i64>)> {
     let echo = testenv::echo_http_upstream().await;
     let processor = Processor::start().await;
     let ep = ExtProc {
         port: processor.port,
         fail_open: false,
-        thresholds: "track_remaining: true",
+        thresholds,
     };
     let p = start(envoy, &http_yaml(echo.addr().port(), "", Some(&ep))).await;
     let mut phases = Vec::new();
@@ -173,8 +177,8 @@ async fn http_run(envoy: bool) -> Vec<(&'static str, Vec<u16>, BTreeMap<String, 
 
 #[tokio::test]
 async fn differential_http_side_stream_cluster_stats() {
-    let envoy = http_run(true).await;
-    let ours = http_run(false).await;
+    let envoy = http_run(true, "track_remaining: true").await;
+    let ours = http_run(false, "track_remaining: true").await;
     for (e, o) in envoy.iter().zip(&ours) {
         assert_eq!(e, o, "phase {:?}: Envoy (left) vs extproxy (right)", e.0);
     }
@@ -193,6 +197,21 @@ async fn differential_http_side_stream_cluster_stats() {
     assert_eq!(unreachable["cluster.processor.upstream_cx_total"], 3);
     assert_eq!(unreachable["cluster.processor.upstream_cx_connect_fail"], 2);
     assert_eq!(unreachable["cluster.processor.upstream_rq_total"], 3);
+}
+
+/// At `max_connections: 0` a side stream still gets its connection (the pool has none), counting
+/// `upstream_cx_overflow` for each connection made.
+#[tokio::test]
+async fn differential_http_side_stream_at_max_connections() {
+    let thresholds = "max_connections: 0, track_remaining: true";
+    let envoy = http_run(true, thresholds).await;
+    let ours = http_run(false, thresholds).await;
+    for (e, o) in envoy.iter().zip(&ours) {
+        assert_eq!(e, o, "phase {:?}: Envoy (left) vs extproxy (right)", e.0);
+    }
+    assert_eq!(envoy[0].1, [200, 200, 200]);
+    assert_eq!(envoy[0].2["cluster.processor.upstream_cx_overflow"], 1);
+    assert_eq!(envoy[2].2["cluster.processor.upstream_cx_overflow"], 3);
 }
 
 /// Network ext_proc (fail-closed) over tcp_proxy to an echo upstream: two connections that each
@@ -228,6 +247,13 @@ async fn network_run(envoy: bool) -> Vec<(&'static str, BTreeMap<String, i64>)> 
                 assert_eq!(l4_support::read_to_end(&mut c).await.0, b"");
             }
         }
+        // The last connection's side stream ends after its close: wait for its request unit.
+        settle(
+            &p,
+            "cluster.processor.circuit_breakers.default.remaining_rq",
+            1024,
+        )
+        .await;
         phases.push((phase, stats(&p).await));
     }
     phases
