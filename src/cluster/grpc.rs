@@ -70,11 +70,11 @@ impl GrpcChannel {
         }
         // Over TLS the side stream's `:scheme` is https, as Envoy sends it.
         let scheme = if cluster.tls.is_some() {
-            "https"
+            http::uri::Scheme::HTTPS
         } else {
-            "http"
+            http::uri::Scheme::HTTP
         };
-        let origin: http::Uri = format!("{scheme}://{authority}").parse().map_err(|e| {
+        let authority: http::uri::Authority = authority.parse().map_err(|e| {
             ConfigError::new(
                 "envoy_grpc.authority",
                 format!("invalid authority {authority:?}: {e}"),
@@ -83,7 +83,7 @@ impl GrpcChannel {
         let mut channels = Vec::new();
         for addr in cluster.endpoints() {
             for _ in 0..per_endpoint {
-                channels.push(channel(addr, &origin, cluster)?);
+                channels.push(channel(addr, &scheme, &authority, cluster)?);
             }
         }
         Ok(GrpcChannel {
@@ -119,7 +119,8 @@ impl GrpcChannel {
 
 fn channel(
     addr: &ResolvedAddress,
-    origin: &http::Uri,
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
     cluster: &Cluster,
 ) -> Result<Arc<Endpoint>, ConfigError> {
     let tls = cluster.tls.as_ref();
@@ -129,19 +130,12 @@ fn channel(
             "TLS to a Unix socket endpoint is not supported",
         ));
     }
-    let (Some(scheme), Some(authority)) = (origin.scheme().cloned(), origin.authority().cloned())
-    else {
-        return Err(ConfigError::new(
-            "envoy_grpc.authority",
-            format!("invalid authority in {origin}"),
-        ));
-    };
     Ok(Arc::new(Endpoint {
         addr: addr.clone(),
         tls: tls.cloned(),
         connect_timeout: cluster.connect_timeout,
-        scheme,
-        authority,
+        scheme: scheme.clone(),
+        authority: authority.clone(),
         stats: cluster.stats.clone(),
         breakers: cluster.circuit_breakers.clone(),
         conn: tokio::sync::Mutex::new(None),
@@ -236,12 +230,12 @@ impl Endpoint {
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 let _ = tcp.set_nodelay(true);
                 match &self.tls {
-                    Some(tls) => SideIo::Tcp(Stream::client_tls(tls.connect(tcp).await?)),
-                    None => SideIo::Tcp(Stream::Plain(tcp)),
+                    Some(tls) => SideIo::Left(Stream::client_tls(tls.connect(tcp).await?)),
+                    None => SideIo::Left(Stream::Plain(tcp)),
                 }
             }
             ResolvedAddress::Unix(path) => {
-                SideIo::Unix(tokio::net::UnixStream::connect(path).await?)
+                SideIo::Right(tokio::net::UnixStream::connect(path).await?)
             }
         };
         Ok(BatchedWrites::new(io))
@@ -273,70 +267,8 @@ impl Endpoint {
     }
 }
 
-/// The socket under a side-stream connection.
-#[derive(Debug)]
-enum SideIo {
-    Tcp(Stream),
-    Unix(tokio::net::UnixStream),
-}
-
-impl tokio::io::AsyncRead for SideIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            SideIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            SideIo::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for SideIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            SideIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            SideIo::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            SideIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            SideIo::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            SideIo::Tcp(s) => s.is_write_vectored(),
-            SideIo::Unix(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            SideIo::Tcp(s) => Pin::new(s).poll_flush(cx),
-            SideIo::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            SideIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            SideIo::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// The socket under a side-stream connection: TCP (plain or TLS) or a Unix socket.
+type SideIo = tokio_util::either::Either<Stream, tokio::net::UnixStream>;
 
 /// The channel of one side stream: calls on one endpoint's connection that hold a
 /// `max_requests` unit of the cluster until the response body is dropped.
